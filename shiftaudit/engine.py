@@ -1,0 +1,291 @@
+"""Run one shift-sweep audit: model + probe set + config -> Report."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import AuditConfig, PreprocessConfig
+from .errors import ConfigError
+from .layers import equivariance_profile
+from .metrics import SweepAccumulator
+from .models import LoadedModel, check_input_shape, load_model
+from .preprocess import Normaliser, fit, source_geometry, standard_geometry
+from .probes import ProbeSet, open_probe_set
+from .report import LayerProfile, Provenance, Report
+from .shifts import ShiftGenerator, ShiftPlan, plan_shifts
+from .tuning import Tuning, choose, device_name
+
+ProgressCallback = Callable[[float, str], None]
+
+# Forward passes gathered into one chunk of probes before its statistics are reduced.
+_PAIRS_PER_CHUNK = 4096
+_MAX_PROBES_PER_CHUNK = 256
+_LIBRARIES = ("torch", "onnxruntime", "onnx", "numpy", "pillow", "pydantic")
+
+
+def run_audit(
+    model_path: str | Path,
+    probes_path: str | Path,
+    config: AuditConfig | None = None,
+    *,
+    progress: ProgressCallback | None = None,
+    tuning_cache: Path | None = None,
+) -> Report:
+    """Audit one model on one probe set; raises ShiftAuditError subclasses for bad input."""
+    config = config or AuditConfig()
+    started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
+    report_progress = progress or (lambda fraction, stage: None)
+    device = resolve_device(config.runtime.device)
+    if config.runtime.threads:
+        torch.set_num_threads(config.runtime.threads)
+    model_sha = sha256_file(model_path)
+    model = load_model(model_path, device=device, threads=config.runtime.threads)
+    with open_probe_set(probes_path, class_names=config.class_names) as probes:
+        size, layout = input_geometry(model, config.preprocess)
+        plan = plan_shifts(config.sweep, size)
+        sampled = config.sweep.sampling is not None
+        per_probe = (
+            1 + 2 * config.sweep.sampling.pairs_per_probe if config.sweep.sampling else plan.count
+        )
+        tuning = choose(
+            model,
+            model_sha256=model_sha,
+            size=size,
+            layout=layout,
+            total_pairs=len(probes) * per_probe,
+            fixed_batch=config.runtime.batch_size,
+            cache_dir=tuning_cache,
+        )
+        with torch.inference_mode():
+            accumulator, num_classes = _sweep(
+                model, probes, plan, config, tuning, layout=layout, progress=report_progress
+            )
+            layers = _layer_profile(model, probes, config, size=size, layout=layout)
+        summary = accumulator.summary(resamples=config.bootstrap, seed=config.seed)
+        provenance = Provenance(
+            model_sha256=model_sha,
+            model_format=model.format.value,
+            probe_set_sha256=probes.sha256,
+            probe_count=len(probes),
+            labelled=probes.has_labels,
+            config=config,
+            seed=config.seed,
+            engine_version=__version__,
+            libraries=library_versions(),
+            device=device_name(device),
+            batch_size=tuning.batch_size,
+            memory_format="channels_last" if tuning.channels_last else "contiguous",
+            execution_provider=getattr(model, "execution_provider", None),
+            wall_time_s=round(time.perf_counter() - started, 3),
+            started_at=started_at,
+        )
+    report_progress(1.0, "done")
+    return Report(
+        mode=plan.mode,
+        estimator="random_pairs" if sampled else "exhaustive",
+        input_size=size,
+        num_classes=num_classes,
+        summary=summary,
+        shift_map=accumulator.shift_map(),
+        layers=layers,
+        position_map=accumulator.position_map(),
+        worst_cases=accumulator.worst_cases(),
+        provenance=provenance,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks the first GPU when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"runtime.device is {name!r} but no CUDA device is available")
+    return device
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    return versions
+
+
+def input_geometry(model: LoadedModel, preprocess: PreprocessConfig) -> tuple[tuple[int, int], str]:
+    """(H, W) and layout from the config, else from what the model declares."""
+    declared = model.declared
+    layout = preprocess.layout or declared.layout or "NCHW"
+    if preprocess.input_size is not None:
+        size = preprocess.input_size
+    elif declared.height is not None and declared.width is not None:
+        size = (declared.height, declared.width)
+    else:
+        raise ConfigError(
+            "the model does not declare its input size; set preprocess.input_size to (H, W)"
+        )
+    check_input_shape(declared, layout=layout, channels=3, height=size[0], width=size[1])
+    return size, layout
+
+
+def _shift_columns(plan: ShiftPlan, config: AuditConfig, probe_id: int) -> np.ndarray:
+    """The shift indices evaluated for one probe, t = 0 first when sampling."""
+    if config.sweep.sampling is None:
+        return np.arange(plan.count)
+    # Seeded per probe, so a shard of the probe set draws exactly what the whole run draws.
+    rng = np.random.default_rng([config.seed, probe_id])
+    draws = rng.integers(0, plan.count, size=2 * config.sweep.sampling.pairs_per_probe)
+    return np.concatenate([[plan.zero_index], draws])
+
+
+def _chunks(count: int, size: int) -> Iterator[range]:
+    for start in range(0, count, size):
+        yield range(start, min(count, start + size))
+
+
+def _sweep(
+    model: LoadedModel,
+    probes: ProbeSet,
+    plan: ShiftPlan,
+    config: AuditConfig,
+    tuning: Tuning,
+    *,
+    layout: str,
+    progress: ProgressCallback,
+) -> tuple[SweepAccumulator, int]:
+    device = model.device
+    generator = ShiftGenerator(plan, fill=config.sweep.fill, device=device)
+    normalise = Normaliser(
+        config.preprocess, layout=layout, channels_last=tuning.channels_last, device=device
+    )
+    geometry = source_geometry(plan, config.preprocess)
+    accumulator = SweepAccumulator(
+        plan,
+        sampled=config.sweep.sampling is not None,
+        labelled=probes.has_labels,
+        worst_case_limit=config.worst_cases,
+    )
+    per_probe = len(_shift_columns(plan, config, 0))
+    chunk_size = max(1, min(_MAX_PROBES_PER_CHUNK, _PAIRS_PER_CHUNK // per_probe))
+    total = len(probes) * per_probe
+    done, num_classes = 0, -1
+    batch = tuning.batch_size
+    # Decoding runs in threads (Pillow releases the GIL) one chunk ahead of the model.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        chunks = list(_chunks(len(probes), chunk_size))
+        pending = _decode(pool, probes, chunks[0])
+        for number, chunk in enumerate(chunks):
+            images = [f.result() for f in pending]
+            if number + 1 < len(chunks):
+                pending = _decode(pool, probes, chunks[number + 1])
+            source = torch.stack([fit(image, geometry, device) for image in images])
+            columns = torch.as_tensor(
+                np.stack([_shift_columns(plan, config, i) for i in chunk]), device=device
+            )
+            flat_probe = torch.arange(len(chunk), device=device).repeat_interleave(per_probe)
+            flat_shift = columns.reshape(-1)
+            logp: torch.Tensor | None = None
+            for start in range(0, len(flat_shift), batch):
+                stop = min(len(flat_shift), start + batch)
+                pixels = generator(source, flat_probe[start:stop], flat_shift[start:stop])
+                out = _log_probabilities(model(normalise(pixels)), config)
+                if logp is None:
+                    num_classes = _check_outputs(out, model, probes, config, num_classes)
+                    logp = torch.empty(
+                        len(flat_shift), out.shape[1], device=device, dtype=out.dtype
+                    )
+                logp[start:stop] = out
+                done += stop - start
+                progress(0.95 * done / total, "sweep")
+            assert logp is not None
+            labels = None
+            if probes.has_labels:
+                labels = torch.tensor([probes.probes[i].label for i in chunk], device=device)
+            accumulator.update(
+                logp=logp.view(len(chunk), per_probe, -1),
+                shift_index=columns,
+                labels=labels,
+                probe_ids=list(chunk),
+                names=[probes.probes[i].name for i in chunk],
+            )
+    return accumulator, num_classes
+
+
+def _decode(pool: ThreadPoolExecutor, probes: ProbeSet, chunk: range) -> list[Future[np.ndarray]]:
+    return [pool.submit(probes.load_image, i) for i in chunk]
+
+
+def _log_probabilities(out: torch.Tensor, config: AuditConfig) -> torch.Tensor:
+    # float64: KL between nearly equal distributions is second order in the logit
+    # differences; float32 normalisation error would otherwise dominate it.
+    out = out.double()
+    if config.preprocess.output == "logits":
+        return torch.log_softmax(out, dim=1)
+    return out.clamp_min(1e-30).log()
+
+
+def _check_outputs(
+    logp: torch.Tensor, model: LoadedModel, probes: ProbeSet, config: AuditConfig, seen: int
+) -> int:
+    """Validate the first batch's outputs against the config and the labels."""
+    classes = int(logp.shape[1])
+    if seen not in (-1, classes):
+        raise ConfigError(f"the model's output width changed from {seen} to {classes}")
+    if config.preprocess.output == "probabilities":
+        sums = logp.exp().sum(1)
+        if not torch.allclose(sums, torch.ones_like(sums), atol=1e-3):
+            raise ConfigError(
+                "preprocess.output is 'probabilities' but the model's outputs do not sum to 1 "
+                f"(first row sums to {float(sums[0]):.4g}); set it to 'logits'"
+            )
+    if config.class_names is not None and len(config.class_names) != classes:
+        raise ConfigError(
+            f"class_names has {len(config.class_names)} names "
+            f"but the model outputs {classes} classes"
+        )
+    summary = probes.label_summary()
+    if summary and max(summary) >= classes:
+        raise ConfigError(
+            f"the probe set has label {max(summary)} but the model outputs only {classes} classes"
+        )
+    return classes
+
+
+def _layer_profile(
+    model: LoadedModel,
+    probes: ProbeSet,
+    config: AuditConfig,
+    *,
+    size: tuple[int, int],
+    layout: str,
+) -> LayerProfile:
+    count = min(config.layers.probes, len(probes))
+    if not config.layers.enabled:
+        return LayerProfile(available=False, reason="disabled in the config", probes=0, entries=[])
+    geometry = standard_geometry(size, config.preprocess)
+    normalise = Normaliser(
+        config.preprocess, layout=layout, channels_last=False, device=model.device
+    )
+    pixels = torch.stack([fit(probes.load_image(i), geometry, model.device) for i in range(count)])
+    return equivariance_profile(model, normalise(pixels), layout=layout, size=size)

@@ -1,0 +1,357 @@
+"""Streaming accumulation of the summary metrics of science.md.
+
+Chunks of probes arrive with the log-probabilities at every shift they were evaluated at; each
+chunk is reduced on the device to one row of scalars per probe plus per-shift counts, and then
+dropped. Memory is O(probes) scalars and O(shifts) counts, never probes x shifts. The state is
+the sufficient statistics (per-probe values and counts), so accumulators over disjoint probe
+shards merge exactly.
+
+Per probe i over its shifts t (K of them, t = 0 first):
+- consistency_i = sum_c (n_ic / K)^2; with random pairs, the share of sampled pairs that agree.
+- flip_i = share of adjacent pairs (t, t') whose top-1 differ.
+- prob_change_i = mean over adjacent pairs of |p(t)[y(t)] - p(t')[y(t)]|, t' = t + one step.
+- kl_i = mean_t KL(p(0) || p(t)).
+- invariant_i = 1 if y(t) is the same for every t.
+- correct_i = 1[y(0) = label]; shift_acc_i = mean_t 1[y(t) = label]; all_correct_i = 1 if every
+  y(t) is the label.
+A summary metric is the mean of its per-probe values (flip_rate and mean_prob_change too: every
+probe has the same adjacent pairs), so the bootstrap resamples probes.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .report import (
+    Estimate,
+    FlipExample,
+    Period,
+    PositionMap,
+    ShiftMap,
+    Summary,
+    SummarySplit,
+    WorstCase,
+)
+from .shifts import ShiftPlan
+
+_PER_PROBE = (
+    "consistency",
+    "flip",
+    "prob_change",
+    "kl",
+    "invariant",
+    "correct",
+    "shift_acc",
+    "all_correct",
+)
+_EXAMPLES_PER_CASE = 8
+
+
+@dataclass
+class SweepAccumulator:
+    """Sufficient statistics of one sweep; `update` per chunk, `merge` across shards."""
+
+    plan: ShiftPlan
+    sampled: bool
+    labelled: bool
+    worst_case_limit: int
+    probe_ids: list[np.ndarray] = field(default_factory=list)
+    values: dict[str, list[np.ndarray]] = field(default_factory=lambda: {k: [] for k in _PER_PROBE})
+    agree_counts: np.ndarray = field(init=False)
+    correct_counts: np.ndarray = field(init=False)
+    eval_counts: np.ndarray = field(init=False)
+    # Min-heap of (disagreeing shifts, -probe id, case) keeps the worst few in bounded memory.
+    _worst: list[tuple[int, int, WorstCase]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        k = self.plan.count
+        self.agree_counts = np.zeros(k, dtype=np.int64)
+        self.correct_counts = np.zeros(k, dtype=np.int64)
+        self.eval_counts = np.zeros(k, dtype=np.int64)
+
+    @property
+    def probe_count(self) -> int:
+        return int(sum(len(ids) for ids in self.probe_ids))
+
+    def update(
+        self,
+        *,
+        logp: torch.Tensor,
+        shift_index: torch.Tensor,
+        labels: torch.Tensor | None,
+        probe_ids: list[int],
+        names: list[str],
+    ) -> None:
+        """Reduce one chunk: logp (b, L, C) at shift_index (b, L).
+
+        Exhaustive sweeps give every shift in plan order (L = K); random pairs give t = 0 in
+        column 0, then the sampled pairs.
+        """
+        b, n_shifts, _ = logp.shape
+        ref = 0 if self.sampled else self.plan.zero_index
+        top = logp.argmax(dim=2)  # (b, L)
+        top0 = top[:, ref : ref + 1]
+        agree = top == top0
+        stats: dict[str, torch.Tensor] = {}
+        if self.sampled:
+            # Columns 1..2P hold P independent uniform pairs (t1, t2).
+            stats["consistency"] = (top[:, 1::2] == top[:, 2::2]).float().mean(1)
+            kl_cols = slice(1, None)
+        else:
+            counts = torch.zeros(b, logp.shape[2], device=logp.device, dtype=torch.float64)
+            counts.scatter_add_(1, top, torch.ones_like(top, dtype=counts.dtype))
+            stats["consistency"] = ((counts / n_shifts) ** 2).sum(1)
+            stats["invariant"] = agree.all(1).float()
+            kl_cols = slice(None)
+            if len(self.plan.adjacent):
+                first = torch.as_tensor(self.plan.adjacent[:, 0], device=logp.device)
+                second = torch.as_tensor(self.plan.adjacent[:, 1], device=logp.device)
+                top_first = top[:, first]  # (b, P)
+                stats["flip"] = (top_first != top[:, second]).float().mean(1)
+                p_first = logp[:, first].gather(2, top_first[..., None]).exp()[..., 0]
+                p_second = logp[:, second].gather(2, top_first[..., None]).exp()[..., 0]
+                stats["prob_change"] = (p_first - p_second).abs().mean(1)
+        logp0 = logp[:, ref : ref + 1]
+        stats["kl"] = (logp0.exp() * (logp0 - logp[:, kl_cols])).sum(2).clamp_min(0).mean(1)
+        correct = None
+        if labels is not None:
+            correct = top == labels[:, None]
+            stats["correct"] = correct[:, ref].float()
+            stats["shift_acc"] = correct[:, kl_cols].float().mean(1)
+            if not self.sampled:
+                stats["all_correct"] = correct.all(1).float()
+        self._count(shift_index, agree, correct)
+        for key, value in stats.items():
+            self.values[key].append(value.double().cpu().numpy())
+        self.probe_ids.append(np.asarray(probe_ids, dtype=np.int64))
+        if self.worst_case_limit and not self.sampled:
+            self._keep_worst(top.cpu().numpy(), agree.cpu().numpy(), labels, probe_ids, names)
+
+    def _count(
+        self, shift_index: torch.Tensor, agree: torch.Tensor, correct: torch.Tensor | None
+    ) -> None:
+        flat = shift_index.reshape(-1)
+        self.eval_counts += self._bincount(flat, None)
+        self.agree_counts += self._bincount(flat, agree)
+        if correct is not None:
+            self.correct_counts += self._bincount(flat, correct)
+
+    def _bincount(self, index: torch.Tensor, hits: torch.Tensor | None) -> np.ndarray:
+        weights = None if hits is None else hits.reshape(-1).double()
+        counts = torch.bincount(index, weights=weights, minlength=self.plan.count)
+        rounded: np.ndarray = np.rint(counts.cpu().numpy()).astype(np.int64)
+        return rounded
+
+    def _keep_worst(
+        self,
+        top: np.ndarray,
+        agree: np.ndarray,
+        labels: torch.Tensor | None,
+        probe_ids: list[int],
+        names: list[str],
+    ) -> None:
+        distance = np.abs(self.plan.shifts).sum(1)
+        label_list = None if labels is None else labels.cpu().tolist()
+        for row, probe_id in enumerate(probe_ids):
+            flips = np.flatnonzero(~agree[row])
+            if len(flips) == 0:
+                continue
+            if len(self._worst) >= self.worst_case_limit and len(flips) <= self._worst[0][0]:
+                continue
+            nearest = flips[np.argsort(distance[flips], kind="stable")][:_EXAMPLES_PER_CASE]
+            case = WorstCase(
+                probe=names[row],
+                label=None if label_list is None else int(label_list[row]),
+                unshifted_prediction=int(top[row, self.plan.zero_index]),
+                disagreeing_shifts=len(flips),
+                disagreement_fraction=len(flips) / top.shape[1],
+                examples=[
+                    FlipExample(shift=_pair(self.plan.shifts[t]), predicted=int(top[row, t]))
+                    for t in nearest
+                ],
+            )
+            entry = (len(flips), -probe_id, case)
+            if len(self._worst) < self.worst_case_limit:
+                heapq.heappush(self._worst, entry)
+            else:
+                heapq.heapreplace(self._worst, entry)
+
+    def merge(self, other: SweepAccumulator) -> None:
+        """Add another shard's statistics (disjoint probes, same plan)."""
+        self.probe_ids.extend(other.probe_ids)
+        for key in _PER_PROBE:
+            self.values[key].extend(other.values[key])
+        self.agree_counts += other.agree_counts
+        self.correct_counts += other.correct_counts
+        self.eval_counts += other.eval_counts
+        for entry in other._worst:
+            if len(self._worst) < self.worst_case_limit:
+                heapq.heappush(self._worst, entry)
+            elif entry[:2] > self._worst[0][:2]:
+                heapq.heapreplace(self._worst, entry)
+
+    # ----------------------------------------------------------------------------- results
+
+    def per_probe(self) -> dict[str, np.ndarray]:
+        """Per-probe values ordered by probe id (so shard order never changes a result)."""
+        ids = np.concatenate(self.probe_ids) if self.probe_ids else np.zeros(0, np.int64)
+        order = np.argsort(ids, kind="stable")
+        return {k: np.concatenate(v)[order] for k, v in self.values.items() if v}
+
+    def summary(self, *, resamples: int, seed: int) -> SummarySplit:
+        values = self.per_probe()
+        everyone = np.ones(self.probe_count, dtype=bool)
+        split_correct: Summary | None = None
+        split_wrong: Summary | None = None
+        if "correct" in values:
+            right = values["correct"] > 0.5
+            split_correct = _summarise(values, right, resamples, seed + 1) if right.any() else None
+            split_wrong = (
+                _summarise(values, ~right, resamples, seed + 2) if (~right).any() else None
+            )
+        return SummarySplit(
+            all=_summarise(values, everyone, resamples, seed),
+            unshifted_correct=split_correct,
+            unshifted_wrong=split_wrong,
+        )
+
+    def agreement(self) -> np.ndarray:
+        """A(t); NaN where a shift was never evaluated (possible only under sampling)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share: np.ndarray = self.agree_counts / self.eval_counts
+        return share
+
+    def shift_map(self) -> ShiftMap:
+        agreement = self.agreement()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            accuracy = self.correct_counts / self.eval_counts if self.labelled else None
+        return ShiftMap(
+            shifts=[_pair(s) for s in self.plan.shifts],
+            agreement=_nullable(agreement),
+            accuracy=None if accuracy is None else _nullable(accuracy),
+            evaluations=self.eval_counts.tolist(),
+            period=None if self.sampled else detect_period(self.plan, agreement),
+        )
+
+    def position_map(self) -> PositionMap | None:
+        if self.plan.mode != "canvas":
+            return None
+        ys, xs = self.plan.axis_values()
+        shape = (len(ys), len(xs))
+        accuracy = None
+        if self.labelled:
+            accuracy = (self.correct_counts / self.eval_counts).reshape(shape).tolist()
+        return PositionMap(
+            object_size=self.plan.source_size[0],
+            positions_y=[int(y) + self.plan.margin for y in ys],
+            positions_x=[int(x) + self.plan.margin for x in xs],
+            agreement=self.agreement().reshape(shape).tolist(),
+            accuracy=accuracy,
+        )
+
+    def worst_cases(self) -> list[WorstCase]:
+        return [case for _, _, case in sorted(self._worst, key=lambda e: e[:2], reverse=True)]
+
+
+def _pair(shift: np.ndarray) -> tuple[float, float]:
+    return float(shift[0]), float(shift[1])
+
+
+def _nullable(values: np.ndarray) -> list[float | None]:
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
+def _summarise(
+    values: dict[str, np.ndarray], mask: np.ndarray, resamples: int, seed: int
+) -> Summary:
+    chosen = {k: v[mask] for k, v in values.items()}
+    estimates = bootstrap_means(chosen, resamples=resamples, seed=seed)
+    get = estimates.get
+    return Summary(
+        consistency=estimates["consistency"],
+        flip_rate=get("flip"),
+        mean_prob_change=get("prob_change"),
+        mean_kl=estimates["kl"],
+        invariant_fraction=get("invariant"),
+        accuracy=get("correct"),
+        shift_accuracy_mean=get("shift_acc"),
+        worst_case_accuracy=get("all_correct"),
+    )
+
+
+def bootstrap_means(
+    values: dict[str, np.ndarray], *, resamples: int, seed: int
+) -> dict[str, Estimate]:
+    """Means with percentile-bootstrap 95% intervals; all metrics share the resampled probes."""
+    keys = list(values)
+    n = len(next(iter(values.values()))) if values else 0
+    matrix = np.stack([values[k] for k in keys], axis=1) if keys else np.zeros((0, 0))
+    means = matrix.mean(0) if n else np.full(len(keys), np.nan)
+    low = high = [None] * len(keys)
+    if resamples > 0 and n >= 2:
+        rng = np.random.default_rng(seed)
+        # Bounded blocks of resamples keep the index matrix near 32 MB whatever n is.
+        block = max(1, 4_000_000 // n)
+        boot = np.empty((resamples, len(keys)))
+        for start in range(0, resamples, block):
+            stop = min(resamples, start + block)
+            picks = rng.integers(0, n, size=(stop - start, n))
+            boot[start:stop] = matrix[picks].mean(1)
+        low, high = (np.percentile(boot, q, axis=0).tolist() for q in (2.5, 97.5))
+    return {
+        k: Estimate(value=float(means[i]), ci_low=low[i], ci_high=high[i], n=n)
+        for i, k in enumerate(keys)
+    }
+
+
+def detect_period(plan: ShiftPlan, agreement: np.ndarray) -> Period | None:
+    """Per axis, the smallest period p (a multiple of the step) under which A is constant.
+
+    "Constant" is exact: A(t) counts probes, so any real dependence on the phase shows up as a
+    difference of at least 1/N. None when no p up to half the axis length qualifies.
+    """
+    ys, xs = plan.axis_values()
+    if len(ys) * len(xs) != plan.count or not plan.is_integer:
+        return None
+    grid = np.full((len(ys), len(xs)), np.nan)
+    row = np.searchsorted(ys, plan.shifts[:, 0])
+    col = np.searchsorted(xs, plan.shifts[:, 1])
+    grid[row, col] = agreement
+    if np.isnan(grid).any() or not (_even_spacing(ys) and _even_spacing(xs)):
+        return None
+    spacing_y = int(ys[1] - ys[0]) if len(ys) > 1 else 1
+    spacing_x = int(xs[1] - xs[0]) if len(xs) > 1 else 1
+    steps_y = _axis_period(grid)
+    steps_x = _axis_period(grid.T)
+    period_y = None if steps_y is None else steps_y * spacing_y
+    period_x = None if steps_x is None else steps_x * spacing_x
+    phase = None
+    if steps_y is not None and steps_x is not None:
+        m = max(steps_y, steps_x)
+        phase_rows = np.mod(np.round(ys / spacing_y).astype(int), m)
+        phase_cols = np.mod(np.round(xs / spacing_x).astype(int), m)
+        table = np.zeros((m, m))
+        hits = np.zeros((m, m))
+        np.add.at(table, (phase_rows[:, None], phase_cols[None, :]), grid)
+        np.add.at(hits, (phase_rows[:, None], phase_cols[None, :]), 1)
+        with np.errstate(invalid="ignore"):
+            phase = (table / hits).tolist()
+    return Period(dy=period_y, dx=period_x, phase_agreement=phase)
+
+
+def _even_spacing(values: np.ndarray) -> bool:
+    return len(values) < 2 or bool(np.all(np.diff(values) == values[1] - values[0]))
+
+
+def _axis_period(grid: np.ndarray) -> int | None:
+    n = grid.shape[0]
+    index = np.arange(n)
+    for m in range(1, n // 2 + 1):
+        phase = np.mod(index, m)
+        if all(np.ptp(grid[phase == c], axis=0).max() <= 1e-12 for c in range(m)):
+            return m
+    return None

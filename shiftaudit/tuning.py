@@ -1,0 +1,175 @@
+"""Choose the model batch size and memory format by measuring, once per model and device.
+
+On a CPU the fastest batch is often small (cache-resident activations); on a GPU it is large.
+Guessing loses either way, so the engine times the raw forward pass over batch sizes and
+memory formats and keeps the best. The choice is cached by model hash, device and library
+versions: besides saving the time, it keeps a rerun on the same machine bit-identical (kernels,
+and so the last bits of the logits, can depend on the batch size).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .models import LoadedModel
+
+# Below this many forward passes in an audit, measuring would cost more than it saves.
+MIN_PAIRS_TO_TUNE = 256
+UNTUNED_BATCH = 32
+
+
+@dataclass(frozen=True)
+class Tuning:
+    batch_size: int
+    channels_last: bool
+    images_per_s: float | None  # measured raw forward throughput of the choice
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{torch.get_num_threads()} threads"
+
+
+def synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def example_input(
+    *, batch: int, size: tuple[int, int], layout: str, channels_last: bool, device: torch.device
+) -> torch.Tensor:
+    """A random input batch of the model's shape, layout and memory format."""
+    generator = torch.Generator().manual_seed(0)
+    height, width = size
+    x = torch.randn(batch, height, width, 3, generator=generator).to(device)
+    if layout == "NHWC":
+        return x
+    nchw = x.permute(0, 3, 1, 2)
+    return nchw if channels_last else nchw.contiguous()
+
+
+def forward_throughput(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    *,
+    min_seconds: float = 0.25,
+    min_runs: int = 3,
+) -> float:
+    """Images per second of `model(x)`, after one warm-up pass."""
+    device = x.device
+    with torch.inference_mode():
+        model(x)
+        synchronise(device)
+        runs, start = 0, time.perf_counter()
+        while runs < min_runs or time.perf_counter() - start < min_seconds:
+            model(x)
+            runs += 1
+        synchronise(device)
+        elapsed = time.perf_counter() - start
+    return runs * x.shape[0] / elapsed
+
+
+def measure(
+    model: LoadedModel,
+    *,
+    size: tuple[int, int],
+    layout: str,
+    max_batch: int,
+    budget_s: float = 6.0,
+) -> Tuning:
+    """Time batch sizes 1, 2, 4, ... per memory format; return the fastest."""
+    formats = [False, True] if model.supports_channels_last and layout == "NCHW" else [False]
+    deadline = time.perf_counter() + budget_s
+    best = Tuning(batch_size=1, channels_last=False, images_per_s=0.0)
+    for channels_last in formats:
+        declines, batch, local_best = 0, 1, 0.0
+        while batch <= max_batch and declines < 2 and time.perf_counter() < deadline:
+            x = example_input(
+                batch=batch,
+                size=size,
+                layout=layout,
+                channels_last=channels_last,
+                device=model.device,
+            )
+            try:
+                speed = forward_throughput(model, x, min_seconds=0.15)
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                break
+            # Within 3% counts as no better: prefer the smaller batch (less memory, less waste).
+            if speed > local_best * 1.03:
+                local_best, declines = speed, 0
+            else:
+                declines += 1
+            if speed > (best.images_per_s or 0.0) * 1.03:
+                best = Tuning(batch_size=batch, channels_last=channels_last, images_per_s=speed)
+            batch *= 2
+    return best
+
+
+def choose(
+    model: LoadedModel,
+    *,
+    model_sha256: str,
+    size: tuple[int, int],
+    layout: str,
+    total_pairs: int,
+    fixed_batch: int | None,
+    cache_dir: Path | None,
+) -> Tuning:
+    """The batch size and memory format for one audit."""
+    if fixed_batch is not None:
+        return Tuning(batch_size=fixed_batch, channels_last=False, images_per_s=None)
+    if total_pairs < MIN_PAIRS_TO_TUNE:
+        return Tuning(
+            batch_size=min(UNTUNED_BATCH, total_pairs), channels_last=False, images_per_s=None
+        )
+    key = "|".join(
+        [model_sha256, device_name(model.device), torch.__version__, layout, f"{size[0]}x{size[1]}"]
+    )
+    cache = _load_cache(cache_dir)
+    if key in cache:
+        entry = cache[key]
+        speed = entry.get("images_per_s")
+        try:
+            return Tuning(
+                batch_size=int(str(entry["batch_size"])),
+                channels_last=bool(entry["channels_last"]),
+                images_per_s=None if speed is None else float(str(speed)),
+            )
+        except (KeyError, ValueError):
+            pass  # a damaged entry is measured again and overwritten
+    max_batch = 1024 if model.device.type == "cuda" else 256
+    tuning = measure(model, size=size, layout=layout, max_batch=max_batch)
+    if cache_dir is not None:
+        cache[key] = asdict(tuning)
+        _save_cache(cache_dir, cache)
+    return tuning
+
+
+def _load_cache(cache_dir: Path | None) -> dict[str, dict[str, object]]:
+    if cache_dir is None:
+        return {}
+    try:
+        data = json.loads((cache_dir / "tuning.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _save_cache(cache_dir: Path, cache: dict[str, dict[str, object]]) -> None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Atomic replace: concurrent audits may race, but never leave a torn file.
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(cache, handle, indent=1, sort_keys=True)
+    os.replace(tmp, cache_dir / "tuning.json")

@@ -1,0 +1,159 @@
+"""Every shift family against an independent reference built from plain torch ops."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shiftaudit.config import SweepConfig
+from shiftaudit.errors import ConfigError
+from shiftaudit.shifts import ShiftGenerator, plan_shifts
+
+SIZE = (12, 10)
+
+
+def _source(batch=3, size=SIZE, seed=0):
+    return torch.rand(batch, size[0], size[1], 3, generator=torch.Generator().manual_seed(seed))
+
+
+def _all_pairs(plan, batch):
+    probe = torch.arange(batch).repeat_interleave(plan.count)
+    shift = torch.arange(plan.count).repeat(batch)
+    return probe, shift
+
+
+def _generate(plan, source, fill=(0, 0, 0)):
+    gen = ShiftGenerator(plan, fill=fill, device=torch.device("cpu"))
+    probe, shift = _all_pairs(plan, source.shape[0])
+    return gen(source, probe, shift).reshape(source.shape[0], plan.count, *plan.input_size, 3)
+
+
+def _padded_window(source, dy, dx, pad_mode, reach, fill=0.0):
+    """Shift by padding `reach` on every side with torch's own padding, then cropping."""
+    nchw = source.permute(0, 3, 1, 2)
+    kwargs = {"value": fill} if pad_mode == "constant" else {}
+    padded = F.pad(nchw, (reach, reach, reach, reach), mode=pad_mode, **kwargs)
+    h, w = nchw.shape[-2:]
+    window = padded[..., reach - dy : reach - dy + h, reach - dx : reach - dx + w]
+    return window.permute(0, 2, 3, 1)
+
+
+def test_grid_contains_zero_and_adjacent_pairs():
+    plan = plan_shifts(SweepConfig(max_shift=2, step=1), SIZE)
+    assert plan.count == 25
+    assert tuple(plan.shifts[plan.zero_index]) == (0.0, 0.0)
+    # 5x5 grid: 4 horizontal neighbours per row * 5 rows, and the same vertically.
+    assert len(plan.adjacent) == 40
+    for a, b in plan.adjacent:
+        assert np.abs(plan.shifts[b] - plan.shifts[a]).sum() == 1
+
+
+def test_circular_is_torch_roll():
+    plan = plan_shifts(SweepConfig(mode="circular", max_shift=5), SIZE)
+    source = _source()
+    out = _generate(plan, source)
+    for k, (dy, dx) in enumerate(plan.shifts.astype(int)):
+        expected = torch.roll(source, (int(dy), int(dx)), dims=(1, 2))
+        assert torch.equal(out[:, k], expected)
+
+
+@pytest.mark.parametrize(("mode", "pad_mode"), [("reflect", "reflect"), ("edge", "replicate")])
+def test_reflect_and_edge_match_torch_padding(mode, pad_mode):
+    plan = plan_shifts(SweepConfig(mode=mode, max_shift=4), SIZE)
+    source = _source()
+    out = _generate(plan, source)
+    for k, (dy, dx) in enumerate(plan.shifts.astype(int)):
+        assert torch.equal(out[:, k], _padded_window(source, int(dy), int(dx), pad_mode, 4))
+
+
+def test_zero_fills_with_the_pixel_space_colour():
+    plan = plan_shifts(SweepConfig(mode="zero", max_shift=3), SIZE)
+    source = _source()
+    out = _generate(plan, source, fill=(255, 0, 51))
+    colour = torch.tensor([1.0, 0.0, 0.2])
+    for k, (dy, dx) in enumerate(plan.shifts.astype(int)):
+        for c in range(3):
+            expected = _padded_window(
+                source[..., c : c + 1], int(dy), int(dx), "constant", 3, fill=float(colour[c])
+            )
+            assert torch.allclose(out[:, k, ..., c : c + 1], expected)
+
+
+def test_reflect_beyond_the_image_size_keeps_folding():
+    plan = plan_shifts(SweepConfig(mode="reflect", shifts=[(15, -13)]), (6, 5))
+    source = _source(size=(6, 5))
+    out = _generate(plan, source)
+    k = int(np.flatnonzero((plan.shifts == (15, -13)).all(1))[0])
+    # numpy's reflect padding is the independent reference here.
+    ref = np.pad(source.numpy(), ((0, 0), (20, 20), (20, 20), (0, 0)), mode="reflect")
+    expected = ref[:, 20 - 15 : 20 - 15 + 6, 20 + 13 : 20 + 13 + 5]
+    assert np.array_equal(out[:, k].numpy(), expected)
+
+
+def test_crop_reads_the_window_at_offset_r_plus_t():
+    plan = plan_shifts(SweepConfig(mode="crop", max_shift=3), (8, 8))
+    assert plan.source_size == (14, 14)
+    source = _source(size=(14, 14))
+    out = _generate(plan, source)
+    for k, (dy, dx) in enumerate(plan.shifts.astype(int)):
+        assert torch.equal(out[:, k], source[:, 3 + dy : 3 + dy + 8, 3 + dx : 3 + dx + 8])
+
+
+def test_canvas_pastes_the_object_at_every_grid_position():
+    plan = plan_shifts(SweepConfig(mode="canvas", object_size=4, step=2), (10, 10))
+    assert plan.source_size == (4, 4)
+    tops = sorted({int(y) + plan.margin for y in plan.shifts[:, 0]})
+    assert tops == [1, 3, 5]  # centre 3, step 2, inside 0..6
+    source = _source(size=(4, 4))
+    out = _generate(plan, source, fill=(0, 0, 255))
+    for k, (dy, dx) in enumerate(plan.shifts.astype(int)):
+        top, left = plan.margin + dy, plan.margin + dx
+        expected = torch.zeros(3, 10, 10, 3)
+        expected[..., 2] = 1.0
+        expected[:, top : top + 4, left : left + 4] = source
+        assert torch.equal(out[:, k], expected)
+
+
+def test_bilinear_half_pixel_is_the_mean_of_neighbours():
+    plan = plan_shifts(SweepConfig(mode="circular", shifts=[(0.5, 0.0), (0.0, -0.5)]), SIZE)
+    source = _source()
+    out = _generate(plan, source)
+    down = (source + torch.roll(source, 1, dims=1)) / 2
+    left = (source + torch.roll(source, -1, dims=2)) / 2
+    assert torch.allclose(out[:, 1], down, atol=1e-6)
+    assert torch.allclose(out[:, 2], left, atol=1e-6)
+    assert torch.equal(out[:, 0], source)
+
+
+def test_fourier_integer_shift_is_a_roll_and_preserves_energy():
+    plan = plan_shifts(
+        SweepConfig(mode="circular", subpixel="fourier", shifts=[(2, -3), (0.5, 0.25)]), SIZE
+    )
+    source = _source()
+    out = _generate(plan, source)
+    assert torch.allclose(out[:, 1], torch.roll(source, (2, -3), dims=(1, 2)), atol=1e-5)
+    # A fractional Fourier shift keeps the mean exactly and differs from bilinear.
+    assert torch.allclose(out[:, 2].mean(), source.mean(), atol=1e-6)
+    bilinear = _generate(plan_shifts(SweepConfig(shifts=[(0.5, 0.25)]), SIZE), source)
+    assert not torch.allclose(out[:, 2], bilinear[:, 1], atol=1e-3)
+
+
+def test_subset_of_pairs_is_generated_in_one_call():
+    plan = plan_shifts(SweepConfig(max_shift=2), SIZE)
+    source = _source()
+    gen = ShiftGenerator(plan, fill=(0, 0, 0), device=torch.device("cpu"))
+    probe = torch.tensor([2, 0, 1])
+    shift = torch.tensor([0, 24, 7])
+    out = gen(source, probe, shift)
+    for m in range(3):
+        dy, dx = plan.shifts[int(shift[m])].astype(int)
+        assert torch.equal(out[m], torch.roll(source[int(probe[m])], (int(dy), int(dx)), (0, 1)))
+
+
+def test_bad_sweeps_are_refused_with_reasons():
+    with pytest.raises(ValueError, match="fourier"):
+        SweepConfig(mode="zero", subpixel="fourier")
+    with pytest.raises(ConfigError, match="sampling"):
+        plan_shifts(SweepConfig(max_shift=40), (100, 100))
+    with pytest.raises(ConfigError, match="object_size"):
+        plan_shifts(SweepConfig(mode="canvas", object_size=20), (10, 10))
