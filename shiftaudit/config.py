@@ -118,6 +118,11 @@ class RuntimeConfig(_Strict):
         None, description="Fixed model batch size; unset: measured once per model and device."
     )
     threads: Annotated[int, Field(ge=1, le=512)] | None = None
+    precision: Literal["fp32", "tf32"] = Field(
+        "fp32",
+        description="CUDA matmul/convolution precision for torch models; tf32 is faster on "
+        "Ampere and later but rounds inputs to 10 mantissa bits. No effect on CPU.",
+    )
 
 
 class AuditConfig(_Strict):

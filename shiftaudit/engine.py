@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -18,9 +20,17 @@ from . import __version__
 from .config import AuditConfig, PreprocessConfig
 from .errors import ConfigError
 from .layers import equivariance_profile
-from .metrics import SweepAccumulator
+from .metrics import ChunkStats, SweepAccumulator
 from .models import LoadedModel, check_input_shape, load_model
-from .preprocess import Normaliser, fit, source_geometry, standard_geometry
+from .preprocess import (
+    Normaliser,
+    fit,
+    model_input,
+    source_geometry,
+    standard_geometry,
+    to_device,
+    upload,
+)
 from .probes import ProbeSet, open_probe_set
 from .report import LayerProfile, Provenance, Report
 from .shifts import ShiftGenerator, ShiftPlan, plan_shifts
@@ -28,9 +38,11 @@ from .tuning import Tuning, choose, device_name
 
 ProgressCallback = Callable[[float, str], None]
 
-# Forward passes gathered into one chunk of probes before its statistics are reduced.
+# Forward passes gathered into one chunk of probes before its statistics are reduced: at
+# least this many, and at least _BATCHES_PER_CHUNK model batches.
 _PAIRS_PER_CHUNK = 4096
-_MAX_PROBES_PER_CHUNK = 256
+_BATCHES_PER_CHUNK = 8
+_MAX_PROBES_PER_CHUNK = {"cpu": 256, "cuda": 1024}
 _LIBRARIES = ("torch", "onnxruntime", "onnx", "numpy", "pillow", "pydantic")
 
 
@@ -49,6 +61,7 @@ def run_audit(
     device = resolve_device(config.runtime.device)
     if config.runtime.threads:
         torch.set_num_threads(config.runtime.threads)
+    stages = _StageClock()
     model_sha = sha256_file(model_path)
     model = load_model(model_path, device=device, threads=config.runtime.threads)
     with open_probe_set(probes_path, class_names=config.class_names) as probes:
@@ -58,21 +71,27 @@ def run_audit(
         per_probe = (
             1 + 2 * config.sweep.sampling.pairs_per_probe if config.sweep.sampling else plan.count
         )
-        tuning = choose(
-            model,
-            model_sha256=model_sha,
-            size=size,
-            layout=layout,
-            total_pairs=len(probes) * per_probe,
-            fixed_batch=config.runtime.batch_size,
-            cache_dir=tuning_cache,
-        )
-        with torch.inference_mode():
+        stages.lap("load")
+        with torch.inference_mode(), cuda_precision(config.runtime.precision):
+            tuning = choose(
+                model,
+                model_sha256=model_sha,
+                size=size,
+                layout=layout,
+                total_pairs=len(probes) * per_probe,
+                fixed_batch=config.runtime.batch_size,
+                cache_dir=tuning_cache,
+                variant=config.runtime.precision,
+            )
+            stages.lap("tune")
             accumulator, num_classes = _sweep(
                 model, probes, plan, config, tuning, layout=layout, progress=report_progress
             )
+            stages.lap("sweep")
             layers = _layer_profile(model, probes, config, size=size, layout=layout)
+            stages.lap("layers")
         summary = accumulator.summary(resamples=config.bootstrap, seed=config.seed)
+        stages.lap("statistics")
         provenance = Provenance(
             model_sha256=model_sha,
             model_format=model.format.value,
@@ -88,6 +107,7 @@ def run_audit(
             memory_format="channels_last" if tuning.channels_last else "contiguous",
             execution_provider=getattr(model, "execution_provider", None),
             wall_time_s=round(time.perf_counter() - started, 3),
+            stage_seconds=stages.seconds,
             started_at=started_at,
         )
     report_progress(1.0, "done")
@@ -103,6 +123,31 @@ def run_audit(
         worst_cases=accumulator.worst_cases(),
         provenance=provenance,
     )
+
+
+@contextmanager
+def cuda_precision(precision: str) -> Iterator[None]:
+    """Allow TF32 in CUDA matmuls and convolutions only when asked, restoring the flags."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    allow = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+class _StageClock:
+    """Seconds spent in each stage, for the report and for benchmarks."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._last, 4)
+        self._last = now
 
 
 def resolve_device(name: str) -> torch.device:
@@ -159,8 +204,9 @@ def _shift_columns(plan: ShiftPlan, config: AuditConfig, probe_id: int) -> np.nd
     return np.concatenate([[plan.zero_index], draws])
 
 
-def _chunks(count: int, size: int) -> Iterator[range]:
-    for start in range(0, count, size):
+def _chunks(count: int, first: int, size: int) -> Iterator[range]:
+    yield range(min(count, first))
+    for start in range(first, count, size):
         yield range(start, min(count, start + size))
 
 
@@ -175,9 +221,13 @@ def _sweep(
     progress: ProgressCallback,
 ) -> tuple[SweepAccumulator, int]:
     device = model.device
-    generator = ShiftGenerator(plan, fill=config.sweep.fill, device=device)
-    normalise = Normaliser(
-        config.preprocess, layout=layout, channels_last=tuning.channels_last, device=device
+    normalise = Normaliser(config.preprocess, device=device)
+    channels_first = layout == "NCHW" and not tuning.channels_last
+    generator = ShiftGenerator(
+        plan,
+        fill=normalise.fill(config.sweep.fill),
+        channels_first=channels_first,
+        device=device,
     )
     geometry = source_geometry(plan, config.preprocess)
     accumulator = SweepAccumulator(
@@ -187,48 +237,62 @@ def _sweep(
         worst_case_limit=config.worst_cases,
     )
     per_probe = len(_shift_columns(plan, config, 0))
-    chunk_size = max(1, min(_MAX_PROBES_PER_CHUNK, _PAIRS_PER_CHUNK // per_probe))
+    batch = tuning.batch_size
+    pairs_per_chunk = max(_PAIRS_PER_CHUNK, _BATCHES_PER_CHUNK * batch)
+    chunk_size = max(1, min(_MAX_PROBES_PER_CHUNK[device.type], pairs_per_chunk // per_probe))
     total = len(probes) * per_probe
     done, num_classes = 0, -1
-    batch = tuning.batch_size
-    # Decoding runs in threads (Pillow releases the GIL) one chunk ahead of the model.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        chunks = list(_chunks(len(probes), chunk_size))
+    # One buffer for every chunk: reallocating tens of MB per chunk fragments the heap, and
+    # peak memory then creeps up with the number of probes.
+    buffer: torch.Tensor | None = None
+    # Decoding runs in threads (Pillow releases the GIL) one chunk ahead of the model, and a
+    # chunk's statistics are absorbed only after the next chunk is queued on the device: the
+    # host never waits for the device while the device has nothing queued.
+    reduced: ChunkStats | None = None
+    # The first chunk holds about one batch, so the device starts while the rest decodes.
+    first = min(chunk_size, -(-batch // per_probe))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+        chunks = list(_chunks(len(probes), first, chunk_size))
         pending = _decode(pool, probes, chunks[0])
         for number, chunk in enumerate(chunks):
             images = [f.result() for f in pending]
             if number + 1 < len(chunks):
                 pending = _decode(pool, probes, chunks[number + 1])
-            source = torch.stack([fit(image, geometry, device) for image in images])
-            columns = torch.as_tensor(
-                np.stack([_shift_columns(plan, config, i) for i in chunk]), device=device
+            source = normalise(
+                torch.stack([fit(image, geometry) for image in upload(images, device)])
             )
-            flat_probe = torch.arange(len(chunk), device=device).repeat_interleave(per_probe)
+            columns = to_device(np.stack([_shift_columns(plan, config, i) for i in chunk]), device)
+            # Integer division, not repeat_interleave: that one reads a size back from the GPU.
+            flat_probe = torch.arange(len(chunk) * per_probe, device=device) // per_probe
             flat_shift = columns.reshape(-1)
-            logp: torch.Tensor | None = None
             for start in range(0, len(flat_shift), batch):
                 stop = min(len(flat_shift), start + batch)
-                pixels = generator(source, flat_probe[start:stop], flat_shift[start:stop])
-                out = _log_probabilities(model(normalise(pixels)), config)
-                if logp is None:
+                shifted = generator(source, flat_probe[start:stop], flat_shift[start:stop])
+                if not channels_first:
+                    shifted = model_input(shifted, layout=layout, channels_last=True)
+                out = _log_probabilities(model(shifted), config)
+                if buffer is None:
                     num_classes = _check_outputs(out, model, probes, config, num_classes)
-                    logp = torch.empty(
-                        len(flat_shift), out.shape[1], device=device, dtype=out.dtype
-                    )
-                logp[start:stop] = out
+                    rows = chunk_size * per_probe
+                    buffer = torch.empty(rows, out.shape[1], device=device, dtype=out.dtype)
+                buffer[start:stop] = out
                 done += stop - start
                 progress(0.95 * done / total, "sweep")
-            assert logp is not None
+            assert buffer is not None
             labels = None
             if probes.has_labels:
-                labels = torch.tensor([probes.probes[i].label for i in chunk], device=device)
-            accumulator.update(
-                logp=logp.view(len(chunk), per_probe, -1),
+                labels = to_device(np.array([probes.probes[i].label for i in chunk]), device)
+            if reduced is not None:
+                accumulator.absorb(reduced)
+            reduced = accumulator.reduce(
+                logp=buffer[: len(flat_shift)].view(len(chunk), per_probe, -1),
                 shift_index=columns,
                 labels=labels,
                 probe_ids=list(chunk),
                 names=[probes.probes[i].name for i in chunk],
             )
+    if reduced is not None:
+        accumulator.absorb(reduced)
     return accumulator, num_classes
 
 
@@ -284,8 +348,8 @@ def _layer_profile(
     if not config.layers.enabled:
         return LayerProfile(available=False, reason="disabled in the config", probes=0, entries=[])
     geometry = standard_geometry(size, config.preprocess)
-    normalise = Normaliser(
-        config.preprocess, layout=layout, channels_last=False, device=model.device
-    )
-    pixels = torch.stack([fit(probes.load_image(i), geometry, model.device) for i in range(count)])
-    return equivariance_profile(model, normalise(pixels), layout=layout, size=size)
+    normalise = Normaliser(config.preprocess, device=model.device)
+    images = upload([probes.load_image(i) for i in range(count)], model.device)
+    pixels = normalise(torch.stack([fit(image, geometry) for image in images]))
+    inputs = model_input(pixels, layout=layout, channels_last=False)
+    return equivariance_profile(model, inputs, layout=layout, size=size)

@@ -39,6 +39,11 @@ def example_network(seed: int = 0) -> nn.Module:
     def block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
         return [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.ReLU()]
 
+    head = nn.Linear(64, EXAMPLE_CLASSES)
+    # Random features differ little between photos; a sharper head makes the answer depend
+    # on them (and so on the aliasing), as a trained classifier's would.
+    with torch.no_grad():
+        head.weight.mul_(30.0)
     model = nn.Sequential(
         *block(3, 16, 2),
         nn.MaxPool2d(2),
@@ -47,12 +52,8 @@ def example_network(seed: int = 0) -> nn.Module:
         *block(64, 64, 1),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(64, EXAMPLE_CLASSES),
+        head,
     )
-    # Random features differ little between photos; a sharper head makes the answer depend
-    # on them (and so on the aliasing), as a trained classifier's would.
-    with torch.no_grad():
-        model[-1].weight.mul_(30.0)
     return model.eval()
 
 

@@ -52,8 +52,40 @@ _EXAMPLES_PER_CASE = 8
 
 
 @dataclass
+class ChunkStats:
+    """One chunk's reduction, on its way from the device to the host."""
+
+    per_probe: dict[str, torch.Tensor]  # numerators; divided by `denominators` (default 1)
+    denominators: dict[str, int]
+    tallies: dict[str, torch.Tensor]  # per-shift eval / agree / correct counts
+    top: torch.Tensor | None  # (b, K) predictions, for the worst cases
+    labels: torch.Tensor | None
+    probe_ids: list[int]
+    names: list[str]
+    ready: torch.cuda.Event | None  # set when the copies have landed (None: already there)
+
+
+def _to_host(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Start device-to-host copies; only a pinned destination lets them not block the host."""
+    if not tensors or next(iter(tensors.values())).device.type != "cuda":
+        return {k: v.cpu() for k, v in tensors.items()}
+    host = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in tensors.items()}
+    for key, value in tensors.items():
+        host[key].copy_(value, non_blocking=True)
+    return host
+
+
+def _event_after(device: torch.device) -> torch.cuda.Event | None:
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+    event.record(torch.cuda.current_stream(device))
+    return event
+
+
+@dataclass
 class SweepAccumulator:
-    """Sufficient statistics of one sweep; `update` per chunk, `merge` across shards."""
+    """Sufficient statistics of one sweep: `reduce` + `absorb` per chunk, `merge` across shards."""
 
     plan: ShiftPlan
     sampled: bool
@@ -66,6 +98,7 @@ class SweepAccumulator:
     eval_counts: np.ndarray = field(init=False)
     # Min-heap of (disagreeing shifts, -probe id, case) keeps the worst few in bounded memory.
     _worst: list[tuple[int, int, WorstCase]] = field(default_factory=list)
+    _adjacent: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         k = self.plan.count
@@ -77,7 +110,7 @@ class SweepAccumulator:
     def probe_count(self) -> int:
         return int(sum(len(ids) for ids in self.probe_ids))
 
-    def update(
+    def reduce(
         self,
         *,
         logp: torch.Tensor,
@@ -85,77 +118,106 @@ class SweepAccumulator:
         labels: torch.Tensor | None,
         probe_ids: list[int],
         names: list[str],
-    ) -> None:
-        """Reduce one chunk: logp (b, L, C) at shift_index (b, L).
+    ) -> ChunkStats:
+        """Reduce one chunk on its device: logp (b, L, C) at shift_index (b, L).
 
         Exhaustive sweeps give every shift in plan order (L = K); random pairs give t = 0 in
-        column 0, then the sampled pairs.
+        column 0, then the sampled pairs. Nothing here waits for the device: the result is
+        copied to the host asynchronously and folded in later by `absorb`.
         """
         b, n_shifts, _ = logp.shape
+        device = logp.device
         ref = 0 if self.sampled else self.plan.zero_index
         top = logp.argmax(dim=2)  # (b, L)
-        top0 = top[:, ref : ref + 1]
-        agree = top == top0
+        agree = top == top[:, ref : ref + 1]
+        # Per-probe numerators: counts stay integers on the device and every division happens
+        # on the host (some GPU kernels divide by multiplying with a reciprocal, and then
+        # 49 / 49 is not exactly 1).
         stats: dict[str, torch.Tensor] = {}
+        denominators: dict[str, int] = {}
         if self.sampled:
             # Columns 1..2P hold P independent uniform pairs (t1, t2).
-            stats["consistency"] = (top[:, 1::2] == top[:, 2::2]).float().mean(1)
+            stats["consistency"] = (top[:, 1::2] == top[:, 2::2]).sum(1)
+            denominators["consistency"] = (n_shifts - 1) // 2
             kl_cols = slice(1, None)
         else:
-            counts = torch.zeros(b, logp.shape[2], device=logp.device, dtype=torch.float64)
-            counts.scatter_add_(1, top, torch.ones_like(top, dtype=counts.dtype))
-            stats["consistency"] = ((counts / n_shifts) ** 2).sum(1)
-            stats["invariant"] = agree.all(1).float()
+            counts = torch.zeros(b, logp.shape[2], device=device, dtype=torch.int64)
+            counts.scatter_add_(1, top, torch.ones_like(top))
+            stats["consistency"] = (counts * counts).sum(1)
+            denominators["consistency"] = n_shifts * n_shifts
+            stats["invariant"] = agree.all(1).long()
             kl_cols = slice(None)
             if len(self.plan.adjacent):
-                first = torch.as_tensor(self.plan.adjacent[:, 0], device=logp.device)
-                second = torch.as_tensor(self.plan.adjacent[:, 1], device=logp.device)
+                first, second = self._adjacent_on(device)
                 top_first = top[:, first]  # (b, P)
-                stats["flip"] = (top_first != top[:, second]).float().mean(1)
-                p_first = logp[:, first].gather(2, top_first[..., None]).exp()[..., 0]
-                p_second = logp[:, second].gather(2, top_first[..., None]).exp()[..., 0]
-                stats["prob_change"] = (p_first - p_second).abs().mean(1)
-        logp0 = logp[:, ref : ref + 1]
-        stats["kl"] = (logp0.exp() * (logp0 - logp[:, kl_cols])).sum(2).clamp_min(0).mean(1)
-        correct = None
+                stats["flip"] = (top_first != top[:, second]).sum(1)
+                # Three index tensors pick (b, P) values without a (b, P, C) intermediate.
+                rows = torch.arange(b, device=device)[:, None]
+                p_first = logp[rows, first[None, :], top_first].exp()
+                p_second = logp[rows, second[None, :], top_first].exp()
+                stats["prob_change"] = (p_first - p_second).abs().double().sum(1)
+                denominators["flip"] = denominators["prob_change"] = len(self.plan.adjacent)
+        # KL(p0 || pt) = sum p0 log p0 - sum p0 log pt; the einsum avoids (b, L, C) temporaries.
+        logp0 = logp[:, ref]
+        p0 = logp0.exp()
+        cross = torch.einsum("bc,blc->bl", p0, logp[:, kl_cols])
+        stats["kl"] = ((p0 * logp0).sum(1, keepdim=True) - cross).clamp_min(0).double().sum(1)
+        evaluated = n_shifts - 1 if self.sampled else n_shifts
+        denominators["kl"] = denominators["shift_acc"] = evaluated
+        flat = shift_index.reshape(-1)
+        tallies = {"eval": self._tally(flat, None), "agree": self._tally(flat, agree)}
         if labels is not None:
             correct = top == labels[:, None]
-            stats["correct"] = correct[:, ref].float()
-            stats["shift_acc"] = correct[:, kl_cols].float().mean(1)
+            stats["correct"] = correct[:, ref].long()
+            stats["shift_acc"] = correct[:, kl_cols].sum(1)
+            tallies["correct"] = self._tally(flat, correct)
             if not self.sampled:
-                stats["all_correct"] = correct.all(1).float()
-        self._count(shift_index, agree, correct)
-        for key, value in stats.items():
-            self.values[key].append(value.double().cpu().numpy())
-        self.probe_ids.append(np.asarray(probe_ids, dtype=np.int64))
-        if self.worst_case_limit and not self.sampled:
-            self._keep_worst(top.cpu().numpy(), agree.cpu().numpy(), labels, probe_ids, names)
+                stats["all_correct"] = correct.all(1).long()
+        keep_worst = bool(self.worst_case_limit) and not self.sampled
+        return ChunkStats(
+            per_probe=_to_host(stats),
+            denominators=denominators,
+            tallies=_to_host(tallies),
+            top=_to_host({"top": top})["top"] if keep_worst else None,
+            labels=None if labels is None else _to_host({"labels": labels})["labels"],
+            probe_ids=probe_ids,
+            names=names,
+            ready=_event_after(device),
+        )
 
-    def _count(
-        self, shift_index: torch.Tensor, agree: torch.Tensor, correct: torch.Tensor | None
-    ) -> None:
-        flat = shift_index.reshape(-1)
-        self.eval_counts += self._bincount(flat, None)
-        self.agree_counts += self._bincount(flat, agree)
-        if correct is not None:
-            self.correct_counts += self._bincount(flat, correct)
+    def absorb(self, chunk: ChunkStats) -> None:
+        """Fold a reduced chunk into the statistics (waits for its copies to land)."""
+        if chunk.ready is not None:
+            chunk.ready.synchronize()
+        for key, value in chunk.per_probe.items():
+            self.values[key].append(value.numpy() / chunk.denominators.get(key, 1))
+        self.probe_ids.append(np.asarray(chunk.probe_ids, dtype=np.int64))
+        self.eval_counts += chunk.tallies["eval"].numpy()
+        self.agree_counts += chunk.tallies["agree"].numpy()
+        if "correct" in chunk.tallies:
+            self.correct_counts += chunk.tallies["correct"].numpy()
+        if chunk.top is not None:
+            labels = None if chunk.labels is None else chunk.labels.tolist()
+            self._keep_worst(chunk.top.numpy(), labels, chunk.probe_ids, chunk.names)
 
-    def _bincount(self, index: torch.Tensor, hits: torch.Tensor | None) -> np.ndarray:
-        weights = None if hits is None else hits.reshape(-1).double()
-        counts = torch.bincount(index, weights=weights, minlength=self.plan.count)
-        rounded: np.ndarray = np.rint(counts.cpu().numpy()).astype(np.int64)
-        return rounded
+    def _tally(self, shift_index: torch.Tensor, hits: torch.Tensor | None) -> torch.Tensor:
+        """Per-shift counts. scatter_add, not bincount: on a GPU bincount reads the maximum
+        back to the host, which would stall the queue once per chunk."""
+        counts = torch.zeros(self.plan.count, dtype=torch.int64, device=shift_index.device)
+        ones = torch.ones_like(shift_index) if hits is None else hits.reshape(-1).long()
+        return counts.scatter_add_(0, shift_index, ones)
+
+    def _adjacent_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._adjacent is None or self._adjacent[0].device != device:
+            pairs = torch.as_tensor(self.plan.adjacent, device=device)
+            self._adjacent = (pairs[:, 0], pairs[:, 1])
+        return self._adjacent
 
     def _keep_worst(
-        self,
-        top: np.ndarray,
-        agree: np.ndarray,
-        labels: torch.Tensor | None,
-        probe_ids: list[int],
-        names: list[str],
+        self, top: np.ndarray, labels: list[int] | None, probe_ids: list[int], names: list[str]
     ) -> None:
         distance = np.abs(self.plan.shifts).sum(1)
-        label_list = None if labels is None else labels.cpu().tolist()
+        agree = top == top[:, self.plan.zero_index : self.plan.zero_index + 1]
         for row, probe_id in enumerate(probe_ids):
             flips = np.flatnonzero(~agree[row])
             if len(flips) == 0:
@@ -165,7 +227,7 @@ class SweepAccumulator:
             nearest = flips[np.argsort(distance[flips], kind="stable")][:_EXAMPLES_PER_CASE]
             case = WorstCase(
                 probe=names[row],
-                label=None if label_list is None else int(label_list[row]),
+                label=None if labels is None else int(labels[row]),
                 unshifted_prediction=int(top[row, self.plan.zero_index]),
                 disagreeing_shifts=len(flips),
                 disagreement_fraction=len(flips) / top.shape[1],
@@ -294,13 +356,15 @@ def bootstrap_means(
     low = high = [None] * len(keys)
     if resamples > 0 and n >= 2:
         rng = np.random.default_rng(seed)
-        # Bounded blocks of resamples keep the index matrix near 32 MB whatever n is.
-        block = max(1, 4_000_000 // n)
+        # A resample is a multinomial count per probe; blocks of resamples keep the count
+        # matrix near 16 MB whatever n is, and one matrix product gives every metric's mean.
+        block = max(1, 2_000_000 // n)
+        uniform = np.full(n, 1.0 / n)
         boot = np.empty((resamples, len(keys)))
         for start in range(0, resamples, block):
             stop = min(resamples, start + block)
-            picks = rng.integers(0, n, size=(stop - start, n))
-            boot[start:stop] = matrix[picks].mean(1)
+            counts = rng.multinomial(n, uniform, size=stop - start)
+            boot[start:stop] = counts @ matrix / n
         low, high = (np.percentile(boot, q, axis=0).tolist() for q in (2.5, 97.5))
     return {
         k: Estimate(value=float(means[i]), ci_low=low[i], ci_high=high[i], n=n)

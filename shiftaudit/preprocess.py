@@ -44,10 +44,44 @@ def standard_geometry(size: tuple[int, int], preprocess: PreprocessConfig) -> So
     return SourceGeometry(shorter, size)
 
 
-def fit(image: np.ndarray, geometry: SourceGeometry, device: torch.device) -> torch.Tensor:
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Host array -> device tensor without making the host wait for the device's queue.
+
+    A blocking copy first drains the stream; a non-blocking one from pinned memory returns at
+    once, so the GPU keeps working through the previous chunk meanwhile.
+    """
+    host = torch.from_numpy(np.array(array))
+    if device.type != "cuda":
+        return host
+    # Only a pinned source makes the copy asynchronous (pageable ones are staged in lockstep).
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def upload(images: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """Decoded images -> tensors on `device`, in one host-to-device copy for a GPU.
+
+    Per-image copies cost a driver call each (about a millisecond, host blocked); packing
+    the chunk into one pinned buffer makes it one asynchronous copy.
+    """
+    if device.type != "cuda":
+        return [torch.from_numpy(np.array(image)) for image in images]
+    sizes = [image.size for image in images]
+    packed = torch.empty(sum(sizes), dtype=torch.uint8, pin_memory=True)
+    flat = packed.numpy()
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    for image, start, stop in zip(images, offsets[:-1], offsets[1:], strict=True):
+        flat[start:stop] = image.reshape(-1)
+    on_device = packed.to(device, non_blocking=True)
+    return [
+        on_device[start:stop].view(image.shape)
+        for image, start, stop in zip(images, offsets[:-1], offsets[1:], strict=True)
+    ]
+
+
+def fit(image: torch.Tensor, geometry: SourceGeometry) -> torch.Tensor:
     """(h, w, 3) uint8 -> (H, W, 3) float32 pixel units, antialiased bilinear like Pillow."""
-    tensor = torch.tensor(image, device=device).permute(2, 0, 1)[None].float()
-    h, w = image.shape[:2]
+    tensor = image.permute(2, 0, 1)[None].float()
+    h, w = int(image.shape[0]), int(image.shape[1])
     scale = geometry.shorter / min(h, w)
     new_h = max(round(h * scale), geometry.size[0])
     new_w = max(round(w * scale), geometry.size[1])
@@ -61,30 +95,34 @@ def fit(image: np.ndarray, geometry: SourceGeometry, device: torch.device) -> to
 
 
 class Normaliser:
-    """Pixel units (M, H, W, 3) -> the model's input tensor, in one pass."""
+    """Pixel units (..., 3) -> normalised values in the model's channel order.
 
-    def __init__(
-        self,
-        preprocess: PreprocessConfig,
-        *,
-        layout: str,
-        channels_last: bool,
-        device: torch.device,
-    ) -> None:
+    Shifting commutes with this per-channel affine map (the fill colour is mapped too, and
+    interpolation weights sum to one), so sources are normalised once per probe rather than
+    once per shifted image.
+    """
+
+    def __init__(self, preprocess: PreprocessConfig, *, device: torch.device) -> None:
         std = torch.tensor(preprocess.std, dtype=torch.float32)
         mean = torch.tensor(preprocess.mean, dtype=torch.float32)
-        scale, bias = preprocess.value_scale / std, -mean / std
+        self._scale = (preprocess.value_scale / std).to(device)
+        self._bias = (-mean / std).to(device)
         self._flip = preprocess.channel_order == "BGR"
-        self._scale, self._bias = scale.to(device), bias.to(device)
-        self.layout = layout
-        self.channels_last = channels_last
 
     def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
         # mean/std are given in the model's channel order, so BGR flips pixels, not them.
         if self._flip:
             pixels = pixels.flip(-1)
-        x = torch.addcmul(self._bias, pixels, self._scale)  # (M, H, W, C), channels last
-        if self.layout == "NHWC":
-            return x
-        nchw = x.permute(0, 3, 1, 2)
-        return nchw if self.channels_last else nchw.contiguous()
+        return torch.addcmul(self._bias, pixels, self._scale)
+
+    def fill(self, colour: tuple[int, int, int]) -> torch.Tensor:
+        """A fill colour given in 0-255 pixel space, normalised like the pixels."""
+        return self(torch.tensor(colour, dtype=torch.float32, device=self._scale.device) / 255.0)
+
+
+def model_input(images: torch.Tensor, *, layout: str, channels_last: bool) -> torch.Tensor:
+    """(M, H, W, C) channels-last images -> the tensor the model is called with."""
+    if layout == "NHWC":
+        return images
+    nchw = images.permute(0, 3, 1, 2)
+    return nchw if channels_last else nchw.contiguous()

@@ -129,6 +129,9 @@ class Provenance(_Frozen):
     memory_format: Literal["contiguous", "channels_last"]
     execution_provider: str | None
     wall_time_s: float
+    stage_seconds: dict[str, float] = Field(
+        description="load (hashing, model, probe set), tune, sweep, layers, statistics."
+    )
     started_at: str
 
 

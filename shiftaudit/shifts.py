@@ -207,11 +207,16 @@ class ShiftGenerator:
     """Turns source images into batches of shifted images, one vectorised step per batch."""
 
     def __init__(
-        self, plan: ShiftPlan, *, fill: tuple[int, int, int], device: torch.device
+        self, plan: ShiftPlan, *, fill: torch.Tensor, channels_first: bool, device: torch.device
     ) -> None:
+        """`fill`: (C,) in the units of the source images; `channels_first`: return NCHW."""
         self.plan = plan
         self.device = device
-        self.fill = torch.tensor(fill, dtype=torch.float32, device=device) / 255.0
+        self.channels_first = channels_first
+        self.fill = fill.to(device=device, dtype=torch.float32)
+        if channels_first:
+            self.fill = self.fill[:, None, None]
+            self._channels = torch.arange(len(fill), device=device)[None, :, None, None]
         shifts = plan.shifts
         if plan.mode == "crop":
             offsets_y, offsets_x = plan.margin + shifts[:, 0], plan.margin + shifts[:, 1]
@@ -237,25 +242,41 @@ class ShiftGenerator:
     ) -> torch.Tensor:
         """Shifted images for pairs (probe_index[m], shift_index[m]).
 
-        `source` is (B, Hs, Ws, C) float32 in pixel units 0..1 (channels last); the result is
-        (M, H, W, C), contiguous, channels last, still in pixel units.
+        `source` is (B, Hs, Ws, C) float32, channels last. The result is written once, already
+        in its final memory order: (M, C, H, W) contiguous when `channels_first`, else
+        (M, H, W, C) contiguous (an NCHW view of it is channels_last).
         """
         if self._fourier:
             return self._fourier_shift(source, probe_index, shift_index)
-        rows, cols = self._rows, self._cols
-        p = probe_index[:, None, None]
         out = None
-        for r_index, r_valid, r_weight in self._taps(rows, shift_index):
-            for c_index, c_valid, c_weight in self._taps(cols, shift_index):
-                tap = source[p, r_index[:, :, None], c_index[:, None, :]]  # (M, H, W, C)
+        for r_index, r_valid, r_weight in self._taps(self._rows, shift_index):
+            for c_index, c_valid, c_weight in self._taps(self._cols, shift_index):
+                tap = self._gather(source, probe_index, r_index, c_index)
                 if self._uses_fill:
-                    valid = r_valid[:, :, None, None] & c_valid[:, None, :, None]
+                    valid = self._spatial(r_valid[:, :, None] & c_valid[:, None, :])
                     tap = torch.where(valid, tap, self.fill)
                 if r_weight is not None and c_weight is not None:
-                    tap = tap * (r_weight[:, :, None] * c_weight[:, None, :])[..., None]
+                    tap = tap * self._spatial(r_weight[:, :, None] * c_weight[:, None, :])
                 out = tap if out is None else out + tap
         assert out is not None
         return out
+
+    def _gather(
+        self, source: torch.Tensor, probe: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        if self.channels_first:
+            # All four dims indexed: the result comes out (M, C, H, W) in one pass.
+            return source[
+                probe[:, None, None, None],
+                rows[:, None, :, None],
+                cols[:, None, None, :],
+                self._channels,
+            ]
+        return source[probe[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+    def _spatial(self, mask: torch.Tensor) -> torch.Tensor:
+        """(M, H, W) -> broadcastable against the output layout."""
+        return mask[:, None] if self.channels_first else mask[..., None]
 
     def _taps(
         self, table: _AxisTable, shift_index: torch.Tensor
@@ -280,5 +301,5 @@ class ShiftGenerator:
             + fx[None, None, :] * shift[:, 1, None, None]
         )
         ramp = torch.polar(torch.ones_like(phase), -2.0 * math.pi * phase)[:, None]
-        shifted: torch.Tensor = torch.fft.ifft2(torch.fft.fft2(images) * ramp).real
-        return shifted.to(torch.float32).permute(0, 2, 3, 1).contiguous()
+        shifted: torch.Tensor = torch.fft.ifft2(torch.fft.fft2(images) * ramp).real.float()
+        return shifted if self.channels_first else shifted.permute(0, 2, 3, 1).contiguous()

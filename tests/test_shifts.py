@@ -23,9 +23,22 @@ def _all_pairs(plan, batch):
 
 
 def _generate(plan, source, fill=(0, 0, 0)):
-    gen = ShiftGenerator(plan, fill=fill, device=torch.device("cpu"))
+    """All pairs, in both output layouts (which must agree), as (B, K, H, W, C)."""
     probe, shift = _all_pairs(plan, source.shape[0])
-    return gen(source, probe, shift).reshape(source.shape[0], plan.count, *plan.input_size, 3)
+    outputs = []
+    for channels_first in (False, True):
+        gen = ShiftGenerator(
+            plan, fill=_fill(fill), channels_first=channels_first, device=torch.device("cpu")
+        )
+        out = gen(source, probe, shift)
+        assert out.is_contiguous()
+        outputs.append(out.permute(0, 2, 3, 1) if channels_first else out)
+    assert torch.equal(outputs[0], outputs[1])
+    return outputs[0].reshape(source.shape[0], plan.count, *plan.input_size, 3)
+
+
+def _fill(colour):
+    return torch.tensor(colour, dtype=torch.float32) / 255.0
 
 
 def _padded_window(source, dy, dx, pad_mode, reach, fill=0.0):
@@ -141,7 +154,9 @@ def test_fourier_integer_shift_is_a_roll_and_preserves_energy():
 def test_subset_of_pairs_is_generated_in_one_call():
     plan = plan_shifts(SweepConfig(max_shift=2), SIZE)
     source = _source()
-    gen = ShiftGenerator(plan, fill=(0, 0, 0), device=torch.device("cpu"))
+    gen = ShiftGenerator(
+        plan, fill=_fill((0, 0, 0)), channels_first=False, device=torch.device("cpu")
+    )
     probe = torch.tensor([2, 0, 1])
     shift = torch.tensor([0, 24, 7])
     out = gen(source, probe, shift)
