@@ -46,7 +46,9 @@ def write_probes(directory: Path, count: int, size: int, seed: int = 0) -> Path:
     return directory
 
 
-def best_raw_forward(model_path: Path, size: int, device: torch.device) -> dict[str, object]:
+def best_raw_forward(
+    model_path: Path, size: int, device: torch.device, sustain_s: float
+) -> dict[str, object]:
     """Best images/s of the bare forward pass over batch, memory format and threads."""
     model = load_model(model_path, device=device)
     threads = (
@@ -75,9 +77,20 @@ def best_raw_forward(model_path: Path, size: int, device: torch.device) -> dict[
                         "images_per_s": speed,
                     }
                 )
-    torch.set_num_threads(default_threads)
     best = max(results, key=lambda r: float(r["images_per_s"]))  # type: ignore[arg-type]
-    return {"best": best, "all": results}
+    # The engine's sweep runs for seconds; time the best setting as long, so both are
+    # steady-state figures (short bursts can run at higher clocks than a sustained load).
+    torch.set_num_threads(int(best["threads"]))  # type: ignore[call-overload]
+    x = example_input(
+        batch=int(best["batch"]),  # type: ignore[call-overload]
+        size=(size, size),
+        layout="NCHW",
+        channels_last=bool(best["channels_last"]),
+        device=device,
+    )
+    sustained = forward_throughput(model, x, min_seconds=sustain_s)
+    torch.set_num_threads(default_threads)
+    return {"best": {**best, "images_per_s_sustained": sustained}, "all": results}
 
 
 def engine_speed(
@@ -228,10 +241,13 @@ def main() -> None:
             "worst_cases": 0,
         }
     )
-    raw = best_raw_forward(model_path, size, device)
+    raw = best_raw_forward(model_path, size, device, sustain_s=3.0)
     engine = engine_speed(model_path, probes, config, work / "cache")
     loop = research_loop_speed(module, probes, size, args.max_shift, device)
-    best = float(raw["best"]["images_per_s"])  # type: ignore[index]
+    best = max(
+        float(raw["best"]["images_per_s"]),  # type: ignore[index]
+        float(raw["best"]["images_per_s_sustained"]),  # type: ignore[index]
+    )
     results: dict[str, object] = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"

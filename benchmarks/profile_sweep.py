@@ -52,8 +52,12 @@ def main() -> None:
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         report = run_audit(work / "m.pt2", probes, config)
     print("wall", time.perf_counter() - start, report.provenance.stage_seconds)
-    print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=25))
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    averages = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in averages) / 1e6
+    sweep = report.provenance.stage_seconds["sweep"]
+    print(f"device busy {busy:.3f} s of a {sweep:.3f} s sweep ({100 * busy / sweep:.1f}%)")
+    print(averages.table(sort_by="self_cuda_time_total", row_limit=25))
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 if __name__ == "__main__":

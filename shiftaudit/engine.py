@@ -204,6 +204,12 @@ def _shift_columns(plan: ShiftPlan, config: AuditConfig, probe_id: int) -> np.nd
     return np.concatenate([[plan.zero_index], draws])
 
 
+def _fitting_chunk(limit: int, *, per_probe: int, batch: int) -> int:
+    """Probes per chunk, at most `limit`: the count whose pairs best fill whole batches."""
+    candidates = range(max(1, (3 * limit) // 4), limit + 1)
+    return min(candidates, key=lambda c: ((-c * per_probe) % batch / (c * per_probe), -c))
+
+
 def _chunks(count: int, first: int, size: int) -> Iterator[range]:
     yield range(min(count, first))
     for start in range(first, count, size):
@@ -239,7 +245,11 @@ def _sweep(
     per_probe = len(_shift_columns(plan, config, 0))
     batch = tuning.batch_size
     pairs_per_chunk = max(_PAIRS_PER_CHUNK, _BATCHES_PER_CHUNK * batch)
-    chunk_size = max(1, min(_MAX_PROBES_PER_CHUNK[device.type], pairs_per_chunk // per_probe))
+    limit = max(1, min(_MAX_PROBES_PER_CHUNK[device.type], pairs_per_chunk // per_probe))
+    chunk_size = _fitting_chunk(limit, per_probe=per_probe, batch=batch)
+    # A GPU runs every batch at full size (the tail padded, its outputs dropped): each new
+    # batch shape costs cuDNN a fresh plan, far more than a few padded rows.
+    pad_to_batch = device.type == "cuda"
     total = len(probes) * per_probe
     done, num_classes = 0, -1
     # One buffer for every chunk: reallocating tens of MB per chunk fragments the heap, and
@@ -250,7 +260,7 @@ def _sweep(
     # host never waits for the device while the device has nothing queued.
     reduced: ChunkStats | None = None
     # The first chunk holds about one batch, so the device starts while the rest decodes.
-    first = min(chunk_size, -(-batch // per_probe))
+    first = max(1, min(chunk_size, batch // per_probe))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
         chunks = list(_chunks(len(probes), first, chunk_size))
         pending = _decode(pool, probes, chunks[0])
@@ -267,10 +277,15 @@ def _sweep(
             flat_shift = columns.reshape(-1)
             for start in range(0, len(flat_shift), batch):
                 stop = min(len(flat_shift), start + batch)
-                shifted = generator(source, flat_probe[start:stop], flat_shift[start:stop])
+                probe_index, shift_index = flat_probe[start:stop], flat_shift[start:stop]
+                if pad_to_batch and stop - start < batch:
+                    padding = batch - (stop - start)
+                    probe_index = torch.cat([probe_index, probe_index[:1].expand(padding)])
+                    shift_index = torch.cat([shift_index, shift_index[:1].expand(padding)])
+                shifted = generator(source, probe_index, shift_index)
                 if not channels_first:
                     shifted = model_input(shifted, layout=layout, channels_last=True)
-                out = _log_probabilities(model(shifted), config)
+                out = _log_probabilities(model(shifted), config)[: stop - start]
                 if buffer is None:
                     num_classes = _check_outputs(out, model, probes, config, num_classes)
                     rows = chunk_size * per_probe

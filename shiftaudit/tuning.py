@@ -89,7 +89,7 @@ def measure(
     """Time growing batch sizes, every memory format at each size; return the fastest.
 
     Formats are interleaved so that a budget cut-off treats them alike; growth stops after
-    two sizes in a row bring nothing (within 3%, counted as no better: the smaller batch
+    two sizes in a row bring nothing (within 1%, counted as no better: the smaller batch
     wastes less on the last, partial batch and needs less memory).
     """
     formats = [False, True] if model.supports_channels_last and layout == "NCHW" else [False]
@@ -112,7 +112,7 @@ def measure(
             except torch.OutOfMemoryError:
                 torch.cuda.empty_cache()
                 return best
-            if speed > (best.images_per_s or 0.0) * 1.03:
+            if speed > (best.images_per_s or 0.0) * 1.01:
                 best = Tuning(batch_size=batch, channels_last=channels_last, images_per_s=speed)
                 improved = True
         stale = 0 if improved else stale + 1
