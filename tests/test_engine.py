@@ -262,3 +262,88 @@ def test_torchscript_layers_say_why_or_work(tmp_path, probes):
     paths = export_all(GlobalPoolNet(), tmp_path)
     report = run_audit(paths["torchscript"], probes, _config())
     assert report.layers.available or report.layers.reason
+
+
+class _BgrNhwcProbabilities(torch.nn.Module):
+    """Takes 0-255 BGR NHWC input and returns probabilities of the wrapped RGB NCHW net."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406])[:, None, None])
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225])[:, None, None])
+
+    def forward(self, x):
+        rgb = x.permute(0, 3, 1, 2).flip(1) / 255.0
+        return torch.softmax(self.inner((rgb - self.mean) / self.std), dim=1)
+
+
+def test_layout_channel_order_scale_and_probability_outputs_are_honoured(tmp_path, probes):
+    inner = AliasingNet(seed=5).eval()
+    reference = run_audit(export_program(inner, tmp_path / "ref.pt2"), probes, _config())
+    wrapped = _BgrNhwcProbabilities(inner).eval()
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.export.export(
+        wrapped, (torch.zeros(2, 16, 16, 3),), dynamic_shapes=({0: batch},)
+    )
+    torch.export.save(program, tmp_path / "nhwc.pt2")
+    config = _config().model_copy(
+        update={
+            "preprocess": _config().preprocess.model_copy(
+                update={
+                    "channel_order": "BGR",
+                    "value_scale": 255.0,
+                    "mean": (0.0, 0.0, 0.0),
+                    "std": (1.0, 1.0, 1.0),
+                    "output": "probabilities",
+                }
+            )
+        }
+    )
+    report = run_audit(tmp_path / "nhwc.pt2", probes, config)
+    assert report.provenance.config.preprocess.layout is None  # read from the model
+    assert report.shift_map.agreement == reference.shift_map.agreement
+    for name in ("consistency", "flip_rate", "mean_kl", "accuracy"):
+        ours, theirs = getattr(report.summary.all, name), getattr(reference.summary.all, name)
+        assert ours.value == pytest.approx(theirs.value, abs=1e-5), name
+
+
+def test_outputs_that_contradict_the_config_or_labels_are_refused(tmp_path, probes):
+    from shiftaudit.errors import ConfigError
+
+    model = export_program(GlobalPoolNet(classes=3), tmp_path / "m.pt2")
+    with pytest.raises(ConfigError, match="label 4 but the model outputs only 3 classes"):
+        run_audit(model, probes, _config())
+    unlabelled = noise_probes(tmp_path / "u", 4)
+    probabilities = _config().model_copy(
+        update={"preprocess": _config().preprocess.model_copy(update={"output": "probabilities"})}
+    )
+    with pytest.raises(ConfigError, match="do not sum to 1"):
+        run_audit(model, unlabelled, probabilities)
+    named = _config().model_copy(update={"class_names": ["cat", "dog"]})
+    with pytest.raises(ConfigError, match="class_names has 2 names but the model outputs 3"):
+        run_audit(model, unlabelled, named)
+
+
+@pytest.mark.parametrize(
+    "sweep",
+    [
+        {"mode": "edge"},
+        {"mode": "crop", "max_shift": 3},
+        {"mode": "circular", "shifts": [[0.5, 0], [0, -0.5], [1.25, 0.75]]},
+        {"mode": "circular", "shifts": [[0.5, 0], [0, -0.5]], "subpixel": "fourier"},
+        {"mode": "zero", "fill": [255, 128, 0], "shifts": [[2, 2], [-1.5, 0.5]]},
+    ],
+)
+def test_every_family_runs_end_to_end_with_a_sane_report(tmp_path, probes, sweep):
+    model = export_program(AliasingNet(), tmp_path / "m.pt2")
+    report = run_audit(model, probes, _config(**sweep))
+    shifts = report.shift_map.shifts
+    zero = shifts.index((0.0, 0.0))
+    assert report.shift_map.agreement[zero] == 1.0
+    assert set(report.shift_map.evaluations) == {24}
+    consistency = report.summary.all.consistency
+    assert 0 < consistency.value <= 1
+    assert consistency.ci_low <= consistency.value <= consistency.ci_high
+    if "shifts" in sweep:
+        assert len(shifts) == len(sweep["shifts"]) + 1  # (0, 0) added
