@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,6 +22,11 @@ from .report import Estimate, Report
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if not sys.warnoptions:
+        # Deserialisation and tracing notes from torch and onnx are for their developers; on
+        # stderr they would bury the one-line error. `python -W default` shows them again.
+        for library in ("torch", "onnx", "onnxruntime", "onnxscript"):
+            warnings.filterwarnings("ignore", module=rf"{library}(\.|$)")
     try:
         return int(args.handler(args))
     except ShiftAuditError as error:
