@@ -27,7 +27,7 @@ test: lint
 	$(BIN)/pytest
 
 bench: $(BIN)/.installed
-	$(BIN)/python benchmarks/engine_throughput.py
+	$(BIN)/python benchmarks/engine_throughput.py --size 128 --probes 48 --max-shift 2
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -39,12 +39,7 @@ def example_network(seed: int = 0) -> nn.Module:
     def block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
         return [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.ReLU()]
 
-    head = nn.Linear(64, EXAMPLE_CLASSES)
-    # Random features differ little between photos; a sharper head makes the answer depend
-    # on them (and so on the aliasing), as a trained classifier's would.
-    with torch.no_grad():
-        head.weight.mul_(30.0)
-    model = nn.Sequential(
+    features = [
         *block(3, 16, 2),
         nn.MaxPool2d(2),
         *block(16, 32, 1),
@@ -52,9 +47,13 @@ def example_network(seed: int = 0) -> nn.Module:
         *block(64, 64, 1),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        head,
-    )
-    return model.eval()
+    ]
+    head = nn.Linear(64, EXAMPLE_CLASSES)
+    # Random features differ little between photos; a sharper head makes the answer depend
+    # on them (and so on the aliasing), as a trained classifier's would.
+    with torch.no_grad():
+        head.weight.mul_(30.0)
+    return nn.Sequential(*features, head).eval()
 
 
 def write_example(directory: str | Path) -> tuple[Path, Path]:
