@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import warnings
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -65,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     example = commands.add_parser("example", help="write the bundled example model and probes")
     example.add_argument("--out", type=Path, default=Path("build/example"))
     example.set_defaults(handler=_example)
+    # Installed packages (the service) add their commands here; the engine imports none of them.
+    for plugin in metadata.entry_points(group="shiftaudit.commands"):
+        plugin.load()(commands)
     return parser
 
 

@@ -1,0 +1,55 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from service import problems
+from service.db import make_engine, session_factory
+from service.deps import Reader
+from service.settings import Settings, get_settings
+from shiftaudit import __version__
+
+
+class Identity(BaseModel):
+    team: str
+    scope: str
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """An app bound to one database; the caller applies migrations first."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="shiftaudit",
+        version=__version__,
+        description="Audits image classifiers for translation invariance.",
+    )
+    app.state.settings = settings
+    app.state.engine = make_engine(settings.resolved_database_url)
+    app.state.sessions = session_factory(app.state.engine)
+    problems.install(app)
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], responses={503: {"description": "not ready"}})
+    def readyz() -> dict[str, str]:
+        """Readiness: the database answers (the queue joins this check with the workers)."""
+        try:
+            with app.state.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as error:
+            raise HTTPException(503, f"database unreachable: {type(error).__name__}") from error
+        return {"status": "ready", "database": "ok"}
+
+    @app.get("/v1/me", tags=["teams"])
+    def me(principal: Reader) -> Identity:
+        """The team and scope of the calling key."""
+        return Identity(team=principal.team_name, scope=principal.scope.value)
+
+    return app

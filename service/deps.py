@@ -1,0 +1,74 @@
+"""FastAPI dependencies, as `Annotated` aliases."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from service.db import session_scope
+from service.settings import Settings
+from service.teams.models import Scope
+from service.teams.repository import authenticate
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    yield from session_scope(request.app.state.sessions)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer sa_...`")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller: a team and what its key may do."""
+
+    team_id: uuid.UUID
+    team_name: str
+    scope: Scope
+
+
+def get_principal(
+    session: SessionDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    unauthorised = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        raise HTTPException(
+            401, "an API key is required (Authorization: Bearer ...)", headers=unauthorised
+        )
+    row = authenticate(
+        session, plaintext=credentials.credentials, pepper=settings.secret_key.get_secret_value()
+    )
+    if row is None:
+        raise HTTPException(401, "the API key is unknown or revoked", headers=unauthorised)
+    return Principal(team_id=row.team_id, team_name=row.team.name, scope=row.scope)
+
+
+def requires(scope: Scope) -> Callable[[Principal], Principal]:
+    """A dependency admitting keys whose scope includes `scope`."""
+
+    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if not principal.scope.allows(scope):
+            raise HTTPException(403, f"this endpoint needs a key with scope '{scope.value}'")
+        return principal
+
+    return check
+
+
+Reader = Annotated[Principal, Depends(requires(Scope.READ))]
+Writer = Annotated[Principal, Depends(requires(Scope.WRITE))]
+Admin = Annotated[Principal, Depends(requires(Scope.ADMIN))]

@@ -1,0 +1,64 @@
+"""Service settings: one class, read from the environment (table in docs/service.md)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Good enough for a laptop, refused in production (see `_no_default_secrets`).
+DEVELOPMENT_SECRET = "development-only-secret-change-me"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; environment variables are prefixed SHIFTAUDIT_."""
+
+    model_config = SettingsConfigDict(env_prefix="SHIFTAUDIT_", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Field(
+        Path("shiftaudit-data"),
+        description="SQLite database and local artifacts when no URLs are given.",
+    )
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("SHIFTAUDIT_DATABASE_URL", "DATABASE_URL"),
+        description="postgresql+psycopg://... in production; unset: SQLite in data_dir.",
+    )
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("SHIFTAUDIT_REDIS_URL", "REDIS_URL")
+    )
+    storage_url: str | None = Field(
+        None, description="file:///path or s3://bucket/prefix; unset: data_dir/artifacts."
+    )
+    secret_key: SecretStr = Field(
+        SecretStr(DEVELOPMENT_SECRET),
+        description="Pepper for API-key hashes (HMAC-SHA256); required in production.",
+    )
+
+    @model_validator(mode="after")
+    def _no_default_secrets(self) -> Settings:
+        if self.environment == "production":
+            secret = self.secret_key.get_secret_value()
+            if secret == DEVELOPMENT_SECRET or len(secret) < 32:
+                raise ValueError(
+                    "SHIFTAUDIT_SECRET_KEY must be set to a random value of at least 32 "
+                    "characters in production"
+                )
+            if self.database_url is None:
+                raise ValueError("DATABASE_URL must be set in production")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'shiftaudit.db').resolve()}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
