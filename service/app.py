@@ -8,9 +8,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import problems
+from service.classifiers import endpoints as classifiers
 from service.db import make_engine, session_factory
 from service.deps import Reader
 from service.settings import Settings, get_settings
+from service.storage import storage_from_url
 from shiftaudit import __version__
 
 
@@ -30,7 +32,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = make_engine(settings.resolved_database_url)
     app.state.sessions = session_factory(app.state.engine)
+    app.state.storage = storage_from_url(settings.resolved_storage_url)
     problems.install(app)
+    app.include_router(classifiers.router)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

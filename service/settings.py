@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     storage_url: str | None = Field(
         None, description="file:///path or s3://bucket/prefix; unset: data_dir/artifacts."
     )
+    max_model_bytes: int = Field(2 * 1024**3, ge=1, description="Largest model upload.")
     secret_key: SecretStr = Field(
         SecretStr(DEVELOPMENT_SECRET),
         description="Pepper for API-key hashes (HMAC-SHA256); required in production.",
@@ -51,6 +52,10 @@ class Settings(BaseSettings):
             if self.database_url is None:
                 raise ValueError("DATABASE_URL must be set in production")
         return self
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or str((self.data_dir / "artifacts").resolve())
 
     @property
     def resolved_database_url(self) -> str:

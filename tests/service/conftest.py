@@ -14,6 +14,12 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import create_engine, text
 
+from service.app import create_app
+from service.migrate import downgrade, upgrade
+from service.settings import Settings
+from service.teams.models import Scope
+from service.teams.repository import create_key, get_or_create_team
+
 ADMIN_URL = os.environ.get(
     "SHIFTAUDIT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -33,9 +39,33 @@ def postgres_url() -> Iterator[str]:
         admin.dispose()
 
 
+PEPPER = "p" * 40  # the test deployments' key pepper
+
+
+@pytest.fixture
+def app_and_keys(database_url, tmp_path):
+    """A migrated app with keys: alpha-read, alpha-write (team alpha), beta-admin (team beta).
+
+    Everything is dropped again afterwards, so the shared PostgreSQL database starts empty.
+    """
+    upgrade(database_url)
+    settings = Settings(database_url=database_url, secret_key=PEPPER, data_dir=tmp_path / "data")
+    app = create_app(settings)
+    keys = {}
+    with app.state.sessions.begin() as session:
+        for team, scope in [("alpha", Scope.READ), ("alpha", Scope.WRITE), ("beta", Scope.ADMIN)]:
+            _, plaintext = create_key(
+                session, team=get_or_create_team(session, name=team), scope=scope, pepper=PEPPER
+            )
+            keys[f"{team}-{scope.value}"] = plaintext
+    yield app, keys
+    app.state.engine.dispose()
+    downgrade(database_url)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path) -> str:
-    """An empty database of each kind (PostgreSQL: emptied by the migration tests' downgrade)."""
+    """An empty database of each kind (tests that migrate it downgrade it again)."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
     return request.getfixturevalue("postgres_url")

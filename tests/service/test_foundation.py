@@ -13,30 +13,12 @@ from sqlalchemy import select
 
 from service.app import create_app
 from service.db import make_engine, session_factory
-from service.migrate import downgrade, upgrade
 from service.settings import Settings
 from service.teams.keys import parse
 from service.teams.models import ApiKey, Scope
-from service.teams.repository import authenticate, create_key, get_or_create_team
+from service.teams.repository import authenticate
 
-PEPPER = "p" * 40
-
-
-@pytest.fixture
-def app_and_keys(database_url):
-    upgrade(database_url)
-    settings = Settings(database_url=database_url, secret_key=PEPPER)
-    app = create_app(settings)
-    keys = {}
-    with app.state.sessions.begin() as session:
-        for team, scope in [("alpha", Scope.READ), ("alpha", Scope.WRITE), ("beta", Scope.ADMIN)]:
-            _, plaintext = create_key(
-                session, team=get_or_create_team(session, name=team), scope=scope, pepper=PEPPER
-            )
-            keys[f"{team}-{scope.value}"] = plaintext
-    yield app, keys
-    app.state.engine.dispose()
-    downgrade(database_url)
+from .conftest import PEPPER
 
 
 def test_keys_are_stored_only_as_hashes_and_verified(app_and_keys):

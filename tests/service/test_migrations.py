@@ -6,15 +6,17 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
+from service.classifiers import models as _classifiers  # noqa: F401  (registers tables)
 from service.db import Base, make_engine
 from service.migrate import downgrade, upgrade
-from service.teams import models as _teams  # noqa: F401  (registers the tables)
+from service.teams import models as _teams  # noqa: F401
 
 
 def test_upgrade_downgrade_upgrade_and_models_match(database_url):
     engine = make_engine(database_url)
     upgrade(database_url)
-    assert {"teams", "api_keys", "alembic_version"} <= set(inspect(engine).get_table_names())
+    tables = {"teams", "api_keys", "models", "alembic_version"}
+    assert tables <= set(inspect(engine).get_table_names())
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == [], "models and migrations disagree: write a migration"

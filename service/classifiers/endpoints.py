@@ -1,0 +1,168 @@
+"""/v1/models: upload (streamed, hashed, sniffed, deduplicated), list, get, delete."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from pydantic import ValidationError
+
+from service.classifiers.repository import ModelRepository, sha256_in_use
+from service.classifiers.schemas import ModelOut, ModelUploaded, UploadFields
+from service.deps import Reader, SessionDep, SettingsDep, Writer
+from service.pagination import Page, decode_cursor, encode_cursor
+from service.storage import ArtifactStorage, ArtifactTooLarge, StoredArtifact
+from service.uploads import MultipartUpload
+from shiftaudit.errors import ModelError
+from shiftaudit.models import sniff_model_format
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+NOT_FOUND = "no model with this id in your team"
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=ModelUploaded,
+    responses={
+        200: {"model": ModelUploaded, "description": "already uploaded"},
+        413: {},
+        415: {},
+        422: {},
+    },
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file", "name"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "name": {"type": "string"},
+                            "version": {"type": "string"},
+                            "registry_ref": {"type": "string"},
+                            "class_names": {"type": "string", "description": "JSON list"},
+                        },
+                    }
+                }
+            },
+            "required": True,
+        }
+    },
+)
+async def upload_model(
+    request: Request,
+    response: Response,
+    principal: Writer,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> ModelUploaded:
+    """Upload an ONNX, TorchScript or torch.export file; the API never loads or runs it."""
+    limit = settings.max_model_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + 1024 * 1024:
+        raise HTTPException(413, f"the model is larger than the {limit}-byte limit")
+    storage: ArtifactStorage = request.app.state.storage
+    upload = MultipartUpload(request)
+    try:
+        artifact = await storage.put_async_stream(upload.file_chunks(), max_bytes=limit)
+    except ArtifactTooLarge as error:
+        raise HTTPException(413, f"the model is larger than the {limit}-byte limit") from error
+    return await run_in_threadpool(
+        _register, session, storage, principal.team_id, artifact, upload.fields, response
+    )
+
+
+def _register(
+    session: Any,
+    storage: ArtifactStorage,
+    team_id: uuid.UUID,
+    artifact: StoredArtifact,
+    raw_fields: dict[str, str],
+    response: Response,
+) -> ModelUploaded:
+    repository = ModelRepository(session, team_id)
+    try:
+        fields = _parse_fields(raw_fields)
+        with storage.open_local(artifact.sha256) as path:
+            model_format = sniff_model_format(path)
+    except (HTTPException, ModelError) as error:
+        if not sha256_in_use(session, artifact.sha256):
+            storage.delete(artifact.sha256)
+        if isinstance(error, ModelError):
+            raise HTTPException(422, f"file: {error}") from error
+        raise
+    existing = repository.by_sha256(artifact.sha256)
+    if existing is not None:
+        response.status_code = 200
+        return ModelUploaded(**ModelOut.model_validate(existing).model_dump(), deduplicated=True)
+    row = repository.add(
+        name=fields.name,
+        version=fields.version,
+        format=model_format.value,
+        sha256=artifact.sha256,
+        size_bytes=artifact.size,
+        registry_ref=fields.registry_ref,
+        class_names=fields.class_names,
+    )
+    response.headers["Location"] = f"/v1/models/{row.id}"
+    return ModelUploaded(**ModelOut.model_validate(row).model_dump(), deduplicated=False)
+
+
+def _parse_fields(raw: dict[str, str]) -> UploadFields:
+    values: dict[str, Any] = dict(raw)
+    if "class_names" in values:
+        try:
+            values["class_names"] = json.loads(values["class_names"])
+        except json.JSONDecodeError as error:
+            raise HTTPException(422, "class_names: must be a JSON list of strings") from error
+    try:
+        return UploadFields.model_validate(values)
+    except ValidationError as error:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise HTTPException(422, detail) from error
+
+
+@router.get("")
+def list_models(
+    principal: Reader,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+    name: str | None = None,
+) -> Page[ModelOut]:
+    """The team's models, newest first, one keyset page at a time."""
+    after = decode_cursor(cursor) if cursor else None
+    rows = ModelRepository(session, principal.team_id).page(limit=limit + 1, after=after, name=name)
+    items = [ModelOut.model_validate(r) for r in rows[:limit]]
+    last = rows[limit - 1] if len(rows) > limit else None
+    return Page(items=items, next_cursor=encode_cursor(last.created_at, last.id) if last else None)
+
+
+@router.get("/{model_id}", responses={404: {}})
+def get_model(model_id: uuid.UUID, principal: Reader, session: SessionDep) -> ModelOut:
+    row = ModelRepository(session, principal.team_id).get(model_id)
+    if row is None:
+        raise HTTPException(404, NOT_FOUND)
+    return ModelOut.model_validate(row)
+
+
+@router.delete("/{model_id}", status_code=204, responses={404: {}})
+def delete_model(
+    model_id: uuid.UUID, principal: Writer, session: SessionDep, request: Request
+) -> None:
+    """Delete a model; its stored bytes go too unless another team uploaded the same file."""
+    repository = ModelRepository(session, principal.team_id)
+    row = repository.get(model_id)
+    if row is None:
+        raise HTTPException(404, NOT_FOUND)
+    sha256 = row.sha256
+    repository.delete(row)
+    orphaned = not sha256_in_use(session, sha256)
+    session.commit()  # the row is gone for good before its bytes are
+    if orphaned:
+        request.app.state.storage.delete(sha256)
