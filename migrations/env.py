@@ -6,6 +6,7 @@ from alembic import context
 
 from service.classifiers import models as _classifiers  # noqa: F401  (registers tables)
 from service.db import Base, make_engine
+from service.probe_sets import models as _probe_sets  # noqa: F401
 from service.settings import get_settings
 from service.teams import models as _teams  # noqa: F401
 

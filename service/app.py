@@ -11,6 +11,7 @@ from service import problems
 from service.classifiers import endpoints as classifiers
 from service.db import make_engine, session_factory
 from service.deps import Reader
+from service.probe_sets import endpoints as probe_sets
 from service.settings import Settings, get_settings
 from service.storage import storage_from_url
 from shiftaudit import __version__
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = storage_from_url(settings.resolved_storage_url)
     problems.install(app)
     app.include_router(classifiers.router)
+    app.include_router(probe_sets.router)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

@@ -35,6 +35,13 @@ class Settings(BaseSettings):
         None, description="file:///path or s3://bucket/prefix; unset: data_dir/artifacts."
     )
     max_model_bytes: int = Field(2 * 1024**3, ge=1, description="Largest model upload.")
+    max_probe_set_bytes: int = Field(
+        4 * 1024**3, ge=1, description="Largest probe-set archive, packed and unpacked."
+    )
+    max_probe_images: int = Field(100_000, ge=1, description="Most images in one probe set.")
+    max_image_pixels: int = Field(
+        80_000_000, ge=1, description="Most pixels (width x height) in one probe image."
+    )
     secret_key: SecretStr = Field(
         SecretStr(DEVELOPMENT_SECRET),
         description="Pepper for API-key hashes (HMAC-SHA256); required in production.",

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
 
-from service.classifiers.repository import ModelRepository, sha256_in_use
+from service.classifiers.models import ModelFile
 from service.classifiers.schemas import ModelOut, ModelUploaded, UploadFields
 from service.deps import Reader, SessionDep, SettingsDep, Writer
-from service.pagination import Page, decode_cursor, encode_cursor
+from service.pagination import Page, decode_cursor
 from service.storage import ArtifactStorage, ArtifactTooLarge, StoredArtifact
+from service.stored_files import TeamFiles, bytes_in_use, page_of, parse_fields
 from service.uploads import MultipartUpload
 from shiftaudit.errors import ModelError
 from shiftaudit.models import sniff_model_format
@@ -85,13 +84,13 @@ def _register(
     raw_fields: dict[str, str],
     response: Response,
 ) -> ModelUploaded:
-    repository = ModelRepository(session, team_id)
+    repository = TeamFiles(session, team_id, ModelFile)
     try:
-        fields = _parse_fields(raw_fields)
+        fields = parse_fields(raw_fields, UploadFields)
         with storage.open_local(artifact.sha256) as path:
             model_format = sniff_model_format(path)
     except (HTTPException, ModelError) as error:
-        if not sha256_in_use(session, artifact.sha256):
+        if not bytes_in_use(session, artifact.sha256):
             storage.delete(artifact.sha256)
         if isinstance(error, ModelError):
             raise HTTPException(422, f"file: {error}") from error
@@ -113,20 +112,6 @@ def _register(
     return ModelUploaded(**ModelOut.model_validate(row).model_dump(), deduplicated=False)
 
 
-def _parse_fields(raw: dict[str, str]) -> UploadFields:
-    values: dict[str, Any] = dict(raw)
-    if "class_names" in values:
-        try:
-            values["class_names"] = json.loads(values["class_names"])
-        except json.JSONDecodeError as error:
-            raise HTTPException(422, "class_names: must be a JSON list of strings") from error
-    try:
-        return UploadFields.model_validate(values)
-    except ValidationError as error:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        raise HTTPException(422, detail) from error
-
-
 @router.get("")
 def list_models(
     principal: Reader,
@@ -137,15 +122,15 @@ def list_models(
 ) -> Page[ModelOut]:
     """The team's models, newest first, one keyset page at a time."""
     after = decode_cursor(cursor) if cursor else None
-    rows = ModelRepository(session, principal.team_id).page(limit=limit + 1, after=after, name=name)
-    items = [ModelOut.model_validate(r) for r in rows[:limit]]
-    last = rows[limit - 1] if len(rows) > limit else None
-    return Page(items=items, next_cursor=encode_cursor(last.created_at, last.id) if last else None)
+    rows = TeamFiles(session, principal.team_id, ModelFile).page(
+        limit=limit + 1, after=after, name=name
+    )
+    return page_of(rows, limit=limit, schema=ModelOut)
 
 
 @router.get("/{model_id}", responses={404: {}})
 def get_model(model_id: uuid.UUID, principal: Reader, session: SessionDep) -> ModelOut:
-    row = ModelRepository(session, principal.team_id).get(model_id)
+    row = TeamFiles(session, principal.team_id, ModelFile).get(model_id)
     if row is None:
         raise HTTPException(404, NOT_FOUND)
     return ModelOut.model_validate(row)
@@ -156,13 +141,6 @@ def delete_model(
     model_id: uuid.UUID, principal: Writer, session: SessionDep, request: Request
 ) -> None:
     """Delete a model; its stored bytes go too unless another team uploaded the same file."""
-    repository = ModelRepository(session, principal.team_id)
-    row = repository.get(model_id)
-    if row is None:
-        raise HTTPException(404, NOT_FOUND)
-    sha256 = row.sha256
-    repository.delete(row)
-    orphaned = not sha256_in_use(session, sha256)
-    session.commit()  # the row is gone for good before its bytes are
-    if orphaned:
-        request.app.state.storage.delete(sha256)
+    TeamFiles(session, principal.team_id, ModelFile).delete(
+        model_id, storage=request.app.state.storage, missing=NOT_FOUND
+    )

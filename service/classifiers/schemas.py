@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.stored_files import StoredFileOut
 
-class ModelOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
 
-    id: uuid.UUID
-    name: str
+class ModelOut(StoredFileOut):
     version: str
     format: str = Field(description="onnx, torchscript or torch_export, sniffed from content")
-    sha256: str
-    size_bytes: int
     registry_ref: str | None
-    class_names: list[str] | None
-    created_at: datetime
 
 
 class ModelUploaded(ModelOut):

@@ -9,13 +9,14 @@ from sqlalchemy import inspect
 from service.classifiers import models as _classifiers  # noqa: F401  (registers tables)
 from service.db import Base, make_engine
 from service.migrate import downgrade, upgrade
+from service.probe_sets import models as _probe_sets  # noqa: F401
 from service.teams import models as _teams  # noqa: F401
 
 
 def test_upgrade_downgrade_upgrade_and_models_match(database_url):
     engine = make_engine(database_url)
     upgrade(database_url)
-    tables = {"teams", "api_keys", "models", "alembic_version"}
+    tables = {"teams", "api_keys", "models", "probe_sets", "alembic_version"}
     assert tables <= set(inspect(engine).get_table_names())
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)

@@ -1,0 +1,140 @@
+"""What uploaded models and probe sets share: team-scoped rows pointing at stored bytes.
+
+Each row is one (team, content) pair; the bytes live once in the content-addressed storage,
+whoever uploaded them, so bytes may only be deleted when no row of any kind points at them.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from fastapi import HTTPException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import JSON, BigInteger, ForeignKey, Select, String, and_, or_, select
+from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column
+
+from service.db import Base, RecordMixin
+from service.pagination import Page, encode_cursor
+from service.storage import ArtifactStorage
+
+
+class StoredFileMixin(RecordMixin):
+    """Columns of every table whose rows are uploads kept in the artifact storage."""
+
+    @declared_attr
+    def team_id(cls) -> Mapped[uuid.UUID]:
+        return mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+
+    name: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    class_names: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+
+
+class StoredFileOut(BaseModel):
+    """Fields every uploaded file reports."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    name: str
+    sha256: str = Field(description="sha256 of the uploaded bytes")
+    size_bytes: int
+    class_names: list[str] | None
+    created_at: datetime
+
+
+RowT = TypeVar("RowT", bound=StoredFileMixin)
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
+
+
+class TeamFiles(Generic[RowT]):
+    """The rows of one stored-file table that one team can see: the only tenant filter."""
+
+    def __init__(self, session: Session, team_id: uuid.UUID, row_type: type[RowT]) -> None:
+        self.session = session
+        self.team_id = team_id
+        self.row_type = row_type
+
+    def _select(self) -> Select[RowT]:
+        return select(self.row_type).where(self.row_type.team_id == self.team_id)
+
+    def get(self, row_id: uuid.UUID) -> RowT | None:
+        return self.session.scalar(self._select().where(self.row_type.id == row_id))
+
+    def by_sha256(self, sha256: str) -> RowT | None:
+        return self.session.scalar(self._select().where(self.row_type.sha256 == sha256))
+
+    def add(self, **fields: object) -> RowT:
+        row = self.row_type(**{"team_id": self.team_id, **fields})
+        self.session.add(row)
+        self.session.flush()
+        return row
+
+    def page(
+        self, *, limit: int, after: tuple[datetime, uuid.UUID] | None, name: str | None
+    ) -> list[RowT]:
+        """Newest first; `after` is the (created_at, id) of the previous page's last row."""
+        table = self.row_type
+        query = self._select()
+        if name is not None:
+            query = query.where(table.name == name)
+        if after is not None:
+            created, row_id = after
+            query = query.where(
+                or_(
+                    table.created_at < created, and_(table.created_at == created, table.id < row_id)
+                )
+            )
+        query = query.order_by(table.created_at.desc(), table.id.desc()).limit(limit)
+        return list(self.session.scalars(query))
+
+    def delete(self, row_id: uuid.UUID, *, storage: ArtifactStorage, missing: str) -> None:
+        """Delete a row, then its bytes once committed, unless another row points at them."""
+        row = self.get(row_id)
+        if row is None:
+            raise HTTPException(404, missing)
+        sha256 = row.sha256
+        self.session.delete(row)
+        self.session.flush()
+        orphaned = not bytes_in_use(self.session, sha256)
+        self.session.commit()  # the row is gone for good before its bytes are
+        if orphaned:
+            storage.delete(sha256)
+
+
+def page_of(rows: list[RowT], *, limit: int, schema: type[SchemaT]) -> Page[SchemaT]:
+    """A response page from `limit + 1` fetched rows (the extra one says there is more)."""
+    last = rows[limit - 1] if len(rows) > limit else None
+    items = [schema.model_validate(r, from_attributes=True) for r in rows[:limit]]
+    cursor = encode_cursor(last.created_at, last.id) if last else None
+    return Page(items=items, next_cursor=cursor)
+
+
+def bytes_in_use(session: Session, sha256: str) -> bool:
+    """Whether any row of any stored-file table, of any team, points at these bytes."""
+    for mapper in Base.registry.mappers:
+        table = mapper.class_
+        if issubclass(table, StoredFileMixin):
+            found = session.scalar(select(table.id).where(table.sha256 == sha256).limit(1))
+            if found is not None:
+                return True
+    return False
+
+
+def parse_fields(raw: dict[str, str], schema: type[SchemaT]) -> SchemaT:
+    """Text parts of an upload -> `schema`; `class_names` arrives as a JSON list."""
+    values: dict[str, Any] = dict(raw)
+    if "class_names" in values:
+        try:
+            values["class_names"] = json.loads(values["class_names"])
+        except json.JSONDecodeError as error:
+            raise HTTPException(422, "class_names: must be a JSON list of strings") from error
+    try:
+        return schema.model_validate(values)
+    except ValidationError as error:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise HTTPException(422, detail) from error
