@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from service.classifiers import models as _classifiers  # noqa: F401  (registers tables)
-from service.db import Base, make_engine
-from service.probe_sets import models as _probe_sets  # noqa: F401
+from service.db import make_engine
 from service.settings import get_settings
-from service.teams import models as _teams  # noqa: F401
+from service.tables import Base
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url") or get_settings().resolved_database_url

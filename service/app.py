@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import problems
+from service.audits import endpoints as audits
 from service.classifiers import endpoints as classifiers
 from service.db import make_engine, session_factory
 from service.deps import Reader
 from service.probe_sets import endpoints as probe_sets
+from service.queue import AuditQueue, EmbeddedQueue
 from service.settings import Settings, get_settings
 from service.storage import storage_from_url
 from shiftaudit import __version__
@@ -22,20 +27,33 @@ class Identity(BaseModel):
     scope: str
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """An app bound to one database; the caller applies migrations first."""
+def create_app(settings: Settings | None = None, queue: AuditQueue | None = None) -> FastAPI:
+    """An app bound to one database and queue; the caller applies migrations first.
+
+    Without a queue, audits run on the embedded runner (child processes of this machine).
+    """
     settings = settings or get_settings()
+    audit_queue = queue or EmbeddedQueue(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        audit_queue.close()
+
     app = FastAPI(
         title="shiftaudit",
         version=__version__,
         description="Audits image classifiers for translation invariance.",
+        lifespan=lifespan,
     )
+    app.state.queue = audit_queue
     app.state.settings = settings
     app.state.engine = make_engine(settings.resolved_database_url)
     app.state.sessions = session_factory(app.state.engine)
     app.state.storage = storage_from_url(settings.resolved_storage_url)
     problems.install(app)
     app.include_router(classifiers.router)
+    app.include_router(audits.router)
     app.include_router(probe_sets.router)
 
     @app.get("/healthz", tags=["operations"])

@@ -10,7 +10,11 @@ from typing import Generic, TypeVar
 from fastapi import HTTPException
 from pydantic import BaseModel
 
+from service.db import RecordMixin
+
 T = TypeVar("T")
+KeyedT = TypeVar("KeyedT", bound=RecordMixin)
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
 
 class Page(BaseModel, Generic[T]):
@@ -30,3 +34,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return datetime.fromisoformat(created), uuid.UUID(row_id)
     except ValueError as error:
         raise HTTPException(422, "cursor: not a cursor this API issued") from error
+
+
+def page_of(rows: list[KeyedT], *, limit: int, schema: type[SchemaT]) -> Page[SchemaT]:
+    """A response page from `limit + 1` fetched rows (the extra one says there is more)."""
+    last = rows[limit - 1] if len(rows) > limit else None
+    items = [schema.model_validate(r, from_attributes=True) for r in rows[:limit]]
+    cursor = encode_cursor(last.created_at, last.id) if last else None
+    return Page(items=items, next_cursor=cursor)

@@ -14,10 +14,10 @@ from typing import Any, Generic, TypeVar
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import JSON, BigInteger, ForeignKey, Select, String, and_, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column
 
 from service.db import Base, RecordMixin
-from service.pagination import Page, encode_cursor
 from service.storage import ArtifactStorage
 
 
@@ -97,21 +97,17 @@ class TeamFiles(Generic[RowT]):
         row = self.get(row_id)
         if row is None:
             raise HTTPException(404, missing)
-        sha256 = row.sha256
+        sha256, name = row.sha256, row.name
         self.session.delete(row)
-        self.session.flush()
+        try:
+            self.session.flush()
+        except IntegrityError as error:
+            self.session.rollback()
+            raise HTTPException(409, f"'{name}' is still used by audits") from error
         orphaned = not bytes_in_use(self.session, sha256)
         self.session.commit()  # the row is gone for good before its bytes are
         if orphaned:
             storage.delete(sha256)
-
-
-def page_of(rows: list[RowT], *, limit: int, schema: type[SchemaT]) -> Page[SchemaT]:
-    """A response page from `limit + 1` fetched rows (the extra one says there is more)."""
-    last = rows[limit - 1] if len(rows) > limit else None
-    items = [schema.model_validate(r, from_attributes=True) for r in rows[:limit]]
-    cursor = encode_cursor(last.created_at, last.id) if last else None
-    return Page(items=items, next_cursor=cursor)
 
 
 def bytes_in_use(session: Session, sha256: str) -> bool:

@@ -11,9 +11,9 @@ from fastapi.concurrency import run_in_threadpool
 from service.classifiers.models import ModelFile
 from service.classifiers.schemas import ModelOut, ModelUploaded, UploadFields
 from service.deps import Reader, SessionDep, SettingsDep, Writer
-from service.pagination import Page, decode_cursor
+from service.pagination import Page, decode_cursor, page_of
 from service.storage import ArtifactStorage, ArtifactTooLarge, StoredArtifact
-from service.stored_files import TeamFiles, bytes_in_use, page_of, parse_fields
+from service.stored_files import TeamFiles, bytes_in_use, parse_fields
 from service.uploads import MultipartUpload
 from shiftaudit.errors import ModelError
 from shiftaudit.models import sniff_model_format

@@ -12,12 +12,12 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from service.deps import Reader, SessionDep, SettingsDep, Writer
-from service.pagination import Page, decode_cursor
+from service.pagination import Page, decode_cursor, page_of
 from service.probe_sets.models import ProbeSetFile
 from service.probe_sets.schemas import ProbeSetOut, ProbeSetUploaded, UploadFields
 from service.settings import Settings
 from service.storage import ArtifactStorage, ArtifactTooLarge, StoredArtifact
-from service.stored_files import TeamFiles, bytes_in_use, page_of, parse_fields
+from service.stored_files import TeamFiles, bytes_in_use, parse_fields
 from service.uploads import MultipartUpload
 from shiftaudit.errors import ProbeSetError
 from shiftaudit.probes import ProbeLimits, open_probe_set

@@ -59,6 +59,7 @@ def app_and_keys(database_url, tmp_path):
             )
             keys[f"{team}-{scope.value}"] = plaintext
     yield app, keys
+    app.state.queue.close()
     app.state.engine.dispose()
     downgrade(database_url)
 

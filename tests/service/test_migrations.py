@@ -6,11 +6,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from service.classifiers import models as _classifiers  # noqa: F401  (registers tables)
-from service.db import Base, make_engine
+from service.db import make_engine
 from service.migrate import downgrade, upgrade
-from service.probe_sets import models as _probe_sets  # noqa: F401
-from service.teams import models as _teams  # noqa: F401
+from service.tables import Base
 
 
 def test_upgrade_downgrade_upgrade_and_models_match(database_url):

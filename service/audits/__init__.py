@@ -1,0 +1,1 @@
+"""Audits: queued shift sweeps of one model on one probe set, and their reports."""

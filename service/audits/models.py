@@ -1,0 +1,62 @@
+"""The `audits` table (state and summary columns) and `audit_reports` (the full report)."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Enum, Float, ForeignKey, Index, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from service.db import Base, RecordMixin, UTCDateTime
+
+
+class AuditStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (AuditStatus.SUCCEEDED, AuditStatus.FAILED, AuditStatus.CANCELLED)
+
+
+class Audit(RecordMixin, Base):
+    __tablename__ = "audits"
+    __table_args__ = (Index("ix_audits_team_created", "team_id", "created_at", "id"),)
+
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    # RESTRICT: a model or probe set cannot disappear under its audits.
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("models.id", ondelete="RESTRICT"))
+    probe_set_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("probe_sets.id", ondelete="RESTRICT")
+    )
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[AuditStatus] = mapped_column(
+        Enum(AuditStatus, name="audit_status", values_callable=lambda e: [m.value for m in e]),
+        default=AuditStatus.QUEUED,
+    )
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # Summary columns, so lists and dashboards never parse report blobs.
+    consistency: Mapped[float | None] = mapped_column(Float, default=None)
+    flip_rate: Mapped[float | None] = mapped_column(Float, default=None)
+    accuracy: Mapped[float | None] = mapped_column(Float, default=None)
+    worst_case_accuracy: Mapped[float | None] = mapped_column(Float, default=None)
+    schema_version: Mapped[str | None] = mapped_column(String(10), default=None)
+
+
+class AuditReport(Base):
+    __tablename__ = "audit_reports"
+
+    audit_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("audits.id", ondelete="CASCADE"), primary_key=True
+    )
+    report: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -1,0 +1,38 @@
+"""Request and response bodies for /v1/audits."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.audits.models import AuditStatus
+from shiftaudit.config import AuditConfig
+
+
+class AuditCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: uuid.UUID
+    probe_set_id: uuid.UUID
+    config: AuditConfig = Field(default_factory=AuditConfig)
+
+
+class AuditOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    model_id: uuid.UUID
+    probe_set_id: uuid.UUID
+    status: AuditStatus
+    progress: float = Field(description="0-1, updated at most once a second while running")
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    consistency: float | None
+    flip_rate: float | None
+    accuracy: float | None
+    worst_case_accuracy: float | None
+    config: AuditConfig
