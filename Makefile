@@ -13,10 +13,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# The main job over HTTP: `shiftaudit serve` on the embedded default (SQLite, local storage,
+# the embedded runner), then upload, audit and report through the REST API.
 demo: $(BIN)/.installed
-	$(BIN)/shiftaudit example --out build/example
-	$(BIN)/shiftaudit audit build/example/model.pt2 build/example/probes \
-		--mode circular --max-shift 4 --out build/example/report.json
+	$(BIN)/shiftaudit demo --data-dir build/demo-data
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -1,0 +1,115 @@
+"""`shiftaudit demo`: the main job end to end over HTTP on the embedded default.
+
+Starts `shiftaudit serve` (SQLite and local storage in a fresh data directory), issues an
+API key, uploads the bundled example model and probe set, queues an audit, follows its
+progress and prints the report's summary, then stops the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shiftaudit.cli import format_summary
+from shiftaudit.errors import ShiftAuditError
+from shiftaudit.report import Report
+
+_CONFIG = {"sweep": {"mode": "circular", "max_shift": 4}}
+
+
+def register(commands: Any) -> None:
+    """Add `demo` to the shiftaudit CLI."""
+    demo = commands.add_parser("demo", help="run the example audit through the REST service")
+    demo.add_argument("--data-dir", type=Path, default=Path("build/demo-data"))
+    demo.add_argument("--port", type=int, default=8765)
+    demo.set_defaults(handler=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from shiftaudit.examples import write_example
+
+    shutil.rmtree(args.data_dir, ignore_errors=True)
+    model, probes = write_example(args.data_dir / "example")
+    archive = shutil.make_archive(str(args.data_dir / "probes"), "zip", probes)
+    env = {**os.environ, "SHIFTAUDIT_DATA_DIR": str(args.data_dir)}
+    for name in ("DATABASE_URL", "REDIS_URL", "SHIFTAUDIT_DATABASE_URL", "SHIFTAUDIT_STORAGE_URL"):
+        env.pop(name, None)
+    cli = [sys.executable, "-m", "shiftaudit.cli"]
+    keys = subprocess.run(
+        [*cli, "keys", "create", "--team", "demo", "--scope", "write"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    key = next(line.split()[-1] for line in keys.stdout.splitlines() if line.startswith("key:"))
+    server = subprocess.Popen([*cli, "serve", "--port", str(args.port)], env=env)
+    base = f"http://127.0.0.1:{args.port}"
+    try:
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as http:
+            _wait_ready(http, server)
+            report = _audit(http, model, Path(archive))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    print(format_summary(report))
+    print(f"served by {base}; data in {args.data_dir}")
+    return 0
+
+
+def _wait_ready(http: httpx.Client, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise ShiftAuditError("shiftaudit serve exited before it became ready")
+        try:
+            if http.get("/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise ShiftAuditError("shiftaudit serve did not become ready within 60 s")
+
+
+def _audit(http: httpx.Client, model: Path, probes: Path) -> Report:
+    model_id = _created(
+        http.post(
+            "/v1/models", data={"name": "example"}, files={"file": (model.name, model.read_bytes())}
+        )
+    )["id"]
+    probe_set_id = _created(
+        http.post(
+            "/v1/probe-sets",
+            data={"name": "photos"},
+            files={"file": (probes.name, probes.read_bytes())},
+        )
+    )["id"]
+    audit = _created(
+        http.post(
+            "/v1/audits",
+            json={"model_id": model_id, "probe_set_id": probe_set_id, "config": _CONFIG},
+        )
+    )
+    print(f"audit {audit['id']} queued", file=sys.stderr)
+    while audit["status"] in ("queued", "running"):
+        time.sleep(0.5)
+        audit = http.get(f"/v1/audits/{audit['id']}").json()
+        print(f"  {audit['status']:<9} {100 * audit['progress']:5.1f}%", file=sys.stderr)
+    if audit["status"] != "succeeded":
+        raise ShiftAuditError(f"the audit {audit['status']}: {audit['error']}")
+    return Report.model_validate(http.get(f"/v1/audits/{audit['id']}/report").json())
+
+
+def _created(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code >= 400:
+        raise ShiftAuditError(f"{response.request.url.path}: {response.text}")
+    body: dict[str, Any] = response.json()
+    return body
