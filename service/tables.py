@@ -1,9 +1,10 @@
 """Every mapped table, imported in one place so that `Base.metadata` is complete."""
 
+from service import idempotency
 from service.audits import models as audits
 from service.classifiers import models as classifiers
 from service.db import Base
 from service.probe_sets import models as probe_sets
 from service.teams import models as teams
 
-__all__ = ["Base", "audits", "classifiers", "probe_sets", "teams"]
+__all__ = ["Base", "audits", "classifiers", "idempotency", "probe_sets", "teams"]

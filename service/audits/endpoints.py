@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.audits.models import Audit, AuditReport, AuditStatus
@@ -15,6 +18,7 @@ from service.audits.schemas import AuditCreate, AuditOut
 from service.classifiers.models import ModelFile
 from service.db import utcnow
 from service.deps import Reader, SessionDep, Writer
+from service.idempotency import IdempotencyDep, canonical_hash
 from service.pagination import Page, decode_cursor, page_of
 from service.probe_sets.models import ProbeSetFile
 from service.stored_files import TeamFiles
@@ -63,34 +67,96 @@ class TeamAudits:
         return list(self.session.scalars(query))
 
 
-@router.post("", status_code=202, responses={404: {}, 422: {}})
+@router.post(
+    "",
+    status_code=202,
+    response_model=AuditOut,
+    responses={200: {"model": AuditOut}},
+)
 def create_audit(
     body: AuditCreate,
     principal: Writer,
     session: SessionDep,
     request: Request,
     response: Response,
-) -> AuditOut:
-    """Queue an audit; the row is committed before the job is handed to the queue."""
+    idempotency: IdempotencyDep,
+    reuse: Annotated[
+        bool,
+        Query(description="return a succeeded audit of the same model, probe set and config"),
+    ] = True,
+) -> AuditOut | JSONResponse:
+    """Queue an audit; the row is committed before the job is handed to the queue.
+
+    If this team already has a succeeded audit of the same model and probe-set bytes with the
+    same config, that audit is returned (200, `reused: true`) unless `reuse=false`.
+    """
+    team_id = principal.team_id
+    replayed = idempotency.replay(session, team_id)
+    if replayed is not None:
+        return _with_location(replayed)
+    shas = []
     for row_type, row_id, what in (
         (ModelFile, body.model_id, "model"),
         (ProbeSetFile, body.probe_set_id, "probe set"),
     ):
-        if TeamFiles(session, principal.team_id, row_type).get(row_id) is None:
+        row = TeamFiles(session, team_id, row_type).get(row_id)
+        if row is None:
             raise HTTPException(404, f"no {what} with id {row_id} in your team")
-    audit = Audit(
-        team_id=principal.team_id,
-        model_id=body.model_id,
-        probe_set_id=body.probe_set_id,
-        config=body.config.model_dump(mode="json"),
-        status=AuditStatus.QUEUED,
-        progress=0.0,
+        shas.append(row.sha256)
+    config = body.config.model_dump(mode="json")
+    request_hash = canonical_hash(
+        {"model_sha256": shas[0], "probe_set_sha256": shas[1], "config": config}
     )
-    session.add(audit)
-    session.commit()  # never a job for a row that could still roll back
-    request.app.state.queue.enqueue(audit.id)
+    audit = _succeeded_with(session, team_id, request_hash) if reuse else None
+    if audit is not None:
+        status_code, out = 200, AuditOut.model_validate(audit).model_copy(update={"reused": True})
+    else:
+        audit = Audit(
+            team_id=team_id,
+            model_id=body.model_id,
+            probe_set_id=body.probe_set_id,
+            config=config,
+            status=AuditStatus.QUEUED,
+            progress=0.0,
+            request_hash=request_hash,
+        )
+        session.add(audit)
+        session.flush()
+        status_code, out = 202, AuditOut.model_validate(audit)
+    try:
+        idempotency.record(session, team_id, status_code, out.model_dump(mode="json"))
+        session.commit()  # never a job for a row that could still roll back
+    except IntegrityError:
+        session.rollback()  # a concurrent request with this key won: answer as it did
+        replayed = idempotency.replay(session, team_id)
+        if replayed is None:
+            raise
+        return _with_location(replayed)
+    if status_code == 202:
+        request.app.state.queue.enqueue(audit.id)
+    response.status_code = status_code
     response.headers["Location"] = f"/v1/audits/{audit.id}"
-    return AuditOut.model_validate(audit)
+    return out
+
+
+def _with_location(replayed: JSONResponse) -> JSONResponse:
+    body = json.loads(bytes(replayed.body))
+    replayed.headers["Location"] = f"/v1/audits/{body['id']}"
+    return replayed
+
+
+def _succeeded_with(session: Session, team_id: uuid.UUID, request_hash: str) -> Audit | None:
+    """The team's latest succeeded audit of this request hash (failed ones are never reused)."""
+    return session.scalar(
+        select(Audit)
+        .where(
+            Audit.team_id == team_id,
+            Audit.request_hash == request_hash,
+            Audit.status == AuditStatus.SUCCEEDED,
+        )
+        .order_by(Audit.created_at.desc(), Audit.id.desc())
+        .limit(1)
+    )
 
 
 @router.get("")
@@ -110,14 +176,19 @@ def list_audits(
     return page_of(rows, limit=limit, schema=AuditOut)
 
 
-@router.get("/{audit_id}", responses={404: {}})
+@router.get("/{audit_id}")
 def get_audit(audit_id: uuid.UUID, principal: Reader, session: SessionDep) -> AuditOut:
     return AuditOut.model_validate(TeamAudits(session, principal.team_id).get(audit_id))
 
 
-@router.post("/{audit_id}/cancel", responses={404: {}, 409: {}})
-def cancel_audit(audit_id: uuid.UUID, principal: Writer, session: SessionDep) -> AuditOut:
+@router.post("/{audit_id}/cancel", response_model=AuditOut)
+def cancel_audit(
+    audit_id: uuid.UUID, principal: Writer, session: SessionDep, idempotency: IdempotencyDep
+) -> AuditOut | JSONResponse:
     """Cancel a queued or running audit; a running one stops at its next progress report."""
+    replayed = idempotency.replay(session, principal.team_id)
+    if replayed is not None:
+        return replayed
     audit = TeamAudits(session, principal.team_id).get(audit_id)
     session.execute(
         update(Audit)
@@ -127,10 +198,20 @@ def cancel_audit(audit_id: uuid.UUID, principal: Writer, session: SessionDep) ->
     session.refresh(audit)
     if audit.status is not AuditStatus.CANCELLED:
         raise HTTPException(409, f"the audit already finished as {audit.status.value}")
-    return AuditOut.model_validate(audit)
+    out = AuditOut.model_validate(audit)
+    try:
+        idempotency.record(session, principal.team_id, 200, out.model_dump(mode="json"))
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        replayed = idempotency.replay(session, principal.team_id)
+        if replayed is None:
+            raise
+        return replayed
+    return out
 
 
-@router.get("/{audit_id}/report", responses={404: {}, 409: {}})
+@router.get("/{audit_id}/report")
 def get_report(audit_id: uuid.UUID, principal: Reader, session: SessionDep) -> dict[str, Any]:
     """The engine's versioned report (schema: docs/report.schema.json)."""
     audit = TeamAudits(session, principal.team_id).get(audit_id)

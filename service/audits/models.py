@@ -51,6 +51,9 @@ class Audit(RecordMixin, Base):
     accuracy: Mapped[float | None] = mapped_column(Float, default=None)
     worst_case_accuracy: Mapped[float | None] = mapped_column(Float, default=None)
     schema_version: Mapped[str | None] = mapped_column(String(10), default=None)
+    # sha256 of the model bytes, probe-set bytes and canonical config: finds a succeeded audit
+    # of an identical request to reuse. NULL for rows from before it existed (never reused).
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
 
 
 class AuditReport(Base):

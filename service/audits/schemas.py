@@ -36,3 +36,7 @@ class AuditOut(BaseModel):
     accuracy: float | None
     worst_case_accuracy: float | None
     config: AuditConfig
+    reused: bool = Field(
+        default=False,
+        description="true when an earlier succeeded audit of the same request was returned",
+    )

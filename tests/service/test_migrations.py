@@ -14,7 +14,8 @@ from service.tables import Base
 def test_upgrade_downgrade_upgrade_and_models_match(database_url):
     engine = make_engine(database_url)
     upgrade(database_url)
-    tables = {"teams", "api_keys", "models", "probe_sets", "alembic_version"}
+    tables = {"teams", "api_keys", "models", "probe_sets", "audits", "idempotency_keys"}
+    tables |= {"alembic_version"}
     assert tables <= set(inspect(engine).get_table_names())
     with engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
