@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from service import problems
+from service import metrics, problems
 from service.audits import endpoints as audits
 from service.classifiers import endpoints as classifiers
 from service.db import make_engine, session_factory
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, queue: AuditQueue | None = None
         version=__version__,
         description="Audits image classifiers for translation invariance.",
         lifespan=lifespan,
+        responses=problems.PROBLEM_RESPONSES,
     )
     app.state.queue = audit_queue
     app.state.settings = settings
@@ -52,9 +53,10 @@ def create_app(settings: Settings | None = None, queue: AuditQueue | None = None
     app.state.sessions = session_factory(app.state.engine)
     app.state.storage = storage_from_url(settings.resolved_storage_url)
     problems.install(app)
-    app.include_router(classifiers.router)
-    app.include_router(audits.router)
-    app.include_router(probe_sets.router)
+    metrics.install(app)  # GET /metrics and the request-metrics middleware
+    app.include_router(classifiers.router, responses=problems.PROBLEM_RESPONSES)
+    app.include_router(audits.router, responses=problems.PROBLEM_RESPONSES)
+    app.include_router(probe_sets.router, responses=problems.PROBLEM_RESPONSES)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:
