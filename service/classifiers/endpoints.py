@@ -28,9 +28,6 @@ NOT_FOUND = "no model with this id in your team"
     response_model=ModelUploaded,
     responses={
         200: {"model": ModelUploaded, "description": "already uploaded"},
-        413: {},
-        415: {},
-        422: {},
     },
     openapi_extra={
         "requestBody": {
@@ -72,7 +69,14 @@ async def upload_model(
     except ArtifactTooLarge as error:
         raise HTTPException(413, f"the model is larger than the {limit}-byte limit") from error
     return await run_in_threadpool(
-        _register, session, storage, principal.team_id, artifact, upload.fields, response
+        _register,
+        session,
+        storage,
+        principal.team_id,
+        artifact,
+        upload.fields,
+        upload.filename or "",
+        response,
     )
 
 
@@ -82,6 +86,7 @@ def _register(
     team_id: uuid.UUID,
     artifact: StoredArtifact,
     raw_fields: dict[str, str],
+    filename: str,
     response: Response,
 ) -> ModelUploaded:
     repository = TeamFiles(session, team_id, ModelFile)
@@ -93,7 +98,9 @@ def _register(
         if not bytes_in_use(session, artifact.sha256):
             storage.delete(artifact.sha256)
         if isinstance(error, ModelError):
-            raise HTTPException(422, f"file: {error}") from error
+            # The engine names the stored object; the client knows its own file name.
+            message = str(error).replace(artifact.sha256, filename or "the upload")
+            raise HTTPException(422, f"file: {message}") from error
         raise
     existing = repository.by_sha256(artifact.sha256)
     if existing is not None:
@@ -128,7 +135,7 @@ def list_models(
     return page_of(rows, limit=limit, schema=ModelOut)
 
 
-@router.get("/{model_id}", responses={404: {}})
+@router.get("/{model_id}")
 def get_model(model_id: uuid.UUID, principal: Reader, session: SessionDep) -> ModelOut:
     row = TeamFiles(session, principal.team_id, ModelFile).get(model_id)
     if row is None:
@@ -136,7 +143,7 @@ def get_model(model_id: uuid.UUID, principal: Reader, session: SessionDep) -> Mo
     return ModelOut.model_validate(row)
 
 
-@router.delete("/{model_id}", status_code=204, responses={404: {}})
+@router.delete("/{model_id}", status_code=204)
 def delete_model(
     model_id: uuid.UUID, principal: Writer, session: SessionDep, request: Request
 ) -> None:

@@ -41,9 +41,6 @@ class _Contents:
     response_model=ProbeSetUploaded,
     responses={
         200: {"model": ProbeSetUploaded, "description": "already uploaded"},
-        413: {},
-        415: {},
-        422: {},
     },
     openapi_extra={
         "requestBody": {
@@ -198,7 +195,7 @@ def list_probe_sets(
     return page_of(rows, limit=limit, schema=ProbeSetOut)
 
 
-@router.get("/{probe_set_id}", responses={404: {}})
+@router.get("/{probe_set_id}")
 def get_probe_set(probe_set_id: uuid.UUID, principal: Reader, session: SessionDep) -> ProbeSetOut:
     row = TeamFiles(session, principal.team_id, ProbeSetFile).get(probe_set_id)
     if row is None:
@@ -206,7 +203,7 @@ def get_probe_set(probe_set_id: uuid.UUID, principal: Reader, session: SessionDe
     return ProbeSetOut.model_validate(row)
 
 
-@router.delete("/{probe_set_id}", status_code=204, responses={404: {}})
+@router.delete("/{probe_set_id}", status_code=204)
 def delete_probe_set(
     probe_set_id: uuid.UUID, principal: Writer, session: SessionDep, request: Request
 ) -> None:
