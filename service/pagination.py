@@ -9,6 +9,7 @@ from typing import Generic, TypeVar
 
 from fastapi import HTTPException
 from pydantic import BaseModel
+from sqlalchemy import Select, and_, or_
 
 from service.db import RecordMixin
 
@@ -34,6 +35,22 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return datetime.fromisoformat(created), uuid.UUID(row_id)
     except ValueError as error:
         raise HTTPException(422, "cursor: not a cursor this API issued") from error
+
+
+def newest_first(
+    query: Select[KeyedT],
+    table: type[KeyedT],
+    *,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> Select[KeyedT]:
+    """`query` ordered by (created_at, id) descending, from just after the cursor."""
+    if after is not None:
+        created, row_id = after
+        query = query.where(
+            or_(table.created_at < created, and_(table.created_at == created, table.id < row_id))
+        )
+    return query.order_by(table.created_at.desc(), table.id.desc()).limit(limit)
 
 
 def page_of(rows: list[KeyedT], *, limit: int, schema: type[SchemaT]) -> Page[SchemaT]:

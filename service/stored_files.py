@@ -13,11 +13,12 @@ from typing import Any, Generic, TypeVar
 
 from fastapi import HTTPException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy import JSON, BigInteger, ForeignKey, Select, String, and_, or_, select
+from sqlalchemy import JSON, BigInteger, ForeignKey, Select, String, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column
 
 from service.db import Base, RecordMixin
+from service.pagination import newest_first
 from service.storage import ArtifactStorage
 
 
@@ -82,15 +83,7 @@ class TeamFiles(Generic[RowT]):
         query = self._select()
         if name is not None:
             query = query.where(table.name == name)
-        if after is not None:
-            created, row_id = after
-            query = query.where(
-                or_(
-                    table.created_at < created, and_(table.created_at == created, table.id < row_id)
-                )
-            )
-        query = query.order_by(table.created_at.desc(), table.id.desc()).limit(limit)
-        return list(self.session.scalars(query))
+        return list(self.session.scalars(newest_first(query, table, after=after, limit=limit)))
 
     def delete(self, row_id: uuid.UUID, *, storage: ArtifactStorage, missing: str) -> None:
         """Delete a row, then its bytes once committed, unless another row points at them."""

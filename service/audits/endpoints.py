@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import Select, and_, or_, select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -19,7 +19,7 @@ from service.classifiers.models import ModelFile
 from service.db import utcnow
 from service.deps import Reader, SessionDep, Writer
 from service.idempotency import IdempotencyDep, canonical_hash
-from service.pagination import Page, decode_cursor, page_of
+from service.pagination import Page, decode_cursor, newest_first, page_of
 from service.probe_sets.models import ProbeSetFile
 from service.stored_files import TeamFiles
 
@@ -56,15 +56,7 @@ class TeamAudits:
             query = query.where(Audit.status == status)
         if model_id is not None:
             query = query.where(Audit.model_id == model_id)
-        if after is not None:
-            created, row_id = after
-            query = query.where(
-                or_(
-                    Audit.created_at < created, and_(Audit.created_at == created, Audit.id < row_id)
-                )
-            )
-        query = query.order_by(Audit.created_at.desc(), Audit.id.desc()).limit(limit)
-        return list(self.session.scalars(query))
+        return list(self.session.scalars(newest_first(query, Audit, after=after, limit=limit)))
 
 
 @router.post(
