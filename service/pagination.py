@@ -43,13 +43,22 @@ def newest_first(
     *,
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
+    oldest_first: bool = False,
 ) -> Select[KeyedT]:
-    """`query` ordered by (created_at, id) descending, from just after the cursor."""
+    """`query` ordered by (created_at, id), newest first unless asked, after the cursor."""
     if after is not None:
         created, row_id = after
-        query = query.where(
-            or_(table.created_at < created, and_(table.created_at == created, table.id < row_id))
-        )
+        if oldest_first:
+            beyond = or_(
+                table.created_at > created, and_(table.created_at == created, table.id > row_id)
+            )
+        else:
+            beyond = or_(
+                table.created_at < created, and_(table.created_at == created, table.id < row_id)
+            )
+        query = query.where(beyond)
+    if oldest_first:
+        return query.order_by(table.created_at.asc(), table.id.asc()).limit(limit)
     return query.order_by(table.created_at.desc(), table.id.desc()).limit(limit)
 
 

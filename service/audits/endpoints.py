@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime
-from typing import Annotated, Any
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -44,19 +45,38 @@ class TeamAudits:
         return row
 
     def page(
-        self,
-        *,
-        limit: int,
-        after: tuple[datetime, uuid.UUID] | None,
-        status: AuditStatus | None,
-        model_id: uuid.UUID | None,
+        self, *, limit: int, after: tuple[datetime, uuid.UUID] | None, filters: AuditFilters
     ) -> list[Audit]:
         query = self._select()
-        if status is not None:
-            query = query.where(Audit.status == status)
-        if model_id is not None:
-            query = query.where(Audit.model_id == model_id)
-        return list(self.session.scalars(newest_first(query, Audit, after=after, limit=limit)))
+        if filters.status is not None:
+            query = query.where(Audit.status == filters.status)
+        if filters.model_id is not None:
+            query = query.where(Audit.model_id == filters.model_id)
+        if filters.model_name is not None:
+            named = select(ModelFile.id).where(
+                ModelFile.team_id == self.team_id, ModelFile.name == filters.model_name
+            )
+            query = query.where(Audit.model_id.in_(named))
+        if filters.created_after is not None:
+            query = query.where(Audit.created_at >= filters.created_after)
+        if filters.created_before is not None:
+            query = query.where(Audit.created_at < filters.created_before)
+        ordered = newest_first(
+            query, Audit, after=after, limit=limit, oldest_first=filters.order == "oldest"
+        )
+        return list(self.session.scalars(ordered))
+
+
+@dataclass(frozen=True)
+class AuditFilters:
+    """What `GET /v1/audits` can narrow and order by."""
+
+    status: AuditStatus | None = None
+    model_id: uuid.UUID | None = None
+    model_name: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    order: Literal["newest", "oldest"] = "newest"
 
 
 @router.post(
@@ -159,13 +179,35 @@ def list_audits(
     cursor: str | None = None,
     status: AuditStatus | None = None,
     model_id: uuid.UUID | None = None,
+    model_name: Annotated[str | None, Query(max_length=200)] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    order: Literal["newest", "oldest"] = "newest",
 ) -> Page[AuditOut]:
-    """The team's audits, newest first, filtered by status and model."""
+    """The team's audits, filtered by status, model (id or name) and creation time.
+
+    Times without a zone are taken as UTC. A cursor belongs to the filters and order that
+    produced it.
+    """
+    filters = AuditFilters(
+        status=status,
+        model_id=model_id,
+        model_name=model_name,
+        created_after=_utc(created_after),
+        created_before=_utc(created_before),
+        order=order,
+    )
     after = decode_cursor(cursor) if cursor else None
     rows = TeamAudits(session, principal.team_id).page(
-        limit=limit + 1, after=after, status=status, model_id=model_id
+        limit=limit + 1, after=after, filters=filters
     )
     return page_of(rows, limit=limit, schema=AuditOut)
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
 
 
 @router.get("/{audit_id}")

@@ -39,6 +39,26 @@ def postgres_url() -> Iterator[str]:
         admin.dispose()
 
 
+class RecordingQueue:
+    """Takes audits and runs none of them: they stay `queued` (for tests about the API)."""
+
+    def __init__(self) -> None:
+        self.enqueued: list[uuid.UUID] = []
+
+    def enqueue(self, audit_id: uuid.UUID) -> None:
+        self.enqueued.append(audit_id)
+
+    def close(self) -> None:
+        pass
+
+
+def record_audits(app) -> RecordingQueue:
+    """Swap the app's embedded runner (never started yet) for a RecordingQueue."""
+    app.state.queue.close()
+    app.state.queue = RecordingQueue()
+    return app.state.queue
+
+
 PEPPER = "p" * 40  # the test deployments' key pepper
 
 

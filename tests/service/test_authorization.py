@@ -28,7 +28,7 @@ from service.teams.models import Scope, Team
 from service.teams.repository import create_key
 
 from ..nets import GlobalPoolNet, export_program, noise_probes
-from .conftest import PEPPER
+from .conftest import PEPPER, RecordingQueue, record_audits
 
 CONFIG = {
     "preprocess": {"input_size": [16, 16], "resize": 16},
@@ -37,19 +37,6 @@ CONFIG = {
     "bootstrap": 10,
 }
 CALLERS = ("no key", "unknown key", "other team's admin", "read", "write", "admin")
-
-
-class RecordingQueue:
-    """Takes audits and runs none of them."""
-
-    def __init__(self) -> None:
-        self.enqueued: list[uuid.UUID] = []
-
-    def enqueue(self, audit_id: uuid.UUID) -> None:
-        self.enqueued.append(audit_id)
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -224,8 +211,7 @@ def test_every_v1_route_and_method_has_a_row_and_every_row_a_route(tmp_path):
 @pytest.fixture
 def world(app_and_keys, inputs):
     app, keys = app_and_keys
-    app.state.queue.close()  # the fixture's embedded runner: never started, nothing to run
-    app.state.queue = RecordingQueue()
+    record_audits(app)
     with app.state.sessions.begin() as session:
         alpha = session.scalars(select(Team).where(Team.name == "alpha")).one()
         _, admin = create_key(session, team=alpha, scope=Scope.ADMIN, pepper=PEPPER)

@@ -10,30 +10,17 @@ from fastapi.testclient import TestClient
 from service.idempotency import Idempotency
 
 from . import test_audits_api as audits_api
+from .conftest import record_audits
 from .test_audits_api import CONFIG, _auth, _upload_inputs, _wait
 
 inputs = audits_api.inputs  # the module-scoped model and probe-set files
-
-
-class RecordingQueue:
-    """Records what would be enqueued and runs nothing: audits stay `queued`."""
-
-    def __init__(self, real) -> None:
-        self.real = real
-        self.enqueued: list[uuid.UUID] = []
-
-    def enqueue(self, audit_id: uuid.UUID) -> None:
-        self.enqueued.append(audit_id)
-
-    def close(self) -> None:
-        self.real.close()
 
 
 @pytest.fixture
 def quiet(app_and_keys, inputs):
     """A client, keys, alpha's uploaded inputs, and a queue that only records."""
     app, keys = app_and_keys
-    app.state.queue = RecordingQueue(app.state.queue)
+    record_audits(app)
     client = TestClient(app)
     model_id, probe_set_id = _upload_inputs(client, keys, inputs)
     return client, keys, app.state.queue, {"model_id": model_id, "probe_set_id": probe_set_id}
