@@ -8,6 +8,7 @@ artifact storage, which hashes and counts it).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -18,7 +19,7 @@ MAX_FIELD_BYTES = 64 * 1024
 class MultipartUpload:
     """One file part (`file_field`) streamed; text fields collected as they pass."""
 
-    def __init__(self, request: Request, *, file_field: str = "file") -> None:
+    def __init__(self, request: Request, *, file_field: str = "file", max_files: int = 1) -> None:
         content_type, params = parse_options_header(request.headers.get("content-type", ""))
         if content_type != b"multipart/form-data" or b"boundary" not in params:
             raise HTTPException(415, "upload as multipart/form-data with a 'file' part")
@@ -26,8 +27,11 @@ class MultipartUpload:
         self.file_field = file_field
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
+        self.filenames: list[str] = []
         self.files_seen = 0
-        self._pending: list[bytes] = []
+        self.max_files = max_files
+        # File bytes waiting to be consumed; None marks the start of the next file part.
+        self._pending: list[bytes | None] = []
         self._part: dict[str, str] = {}
         self._name = ""
         self._header = [b"", b""]
@@ -54,6 +58,53 @@ class MultipartUpload:
         try:
             async for chunk in self.request.stream():
                 self._parser.write(chunk)
+                for piece in self._drain():
+                    yield piece
+            self._parser.finalize()
+        except HTTPException:
+            raise
+        except Exception as error:  # the parser's own errors: a malformed body
+            raise HTTPException(400, f"malformed multipart body: {error}") from error
+        for piece in self._drain():
+            yield piece
+        if self.files_seen != 1:
+            raise HTTPException(422, f"exactly one '{self.file_field}' part is required")
+
+    async def save_files(self, directory: Path, *, max_bytes: int) -> list[tuple[str, Path]]:
+        """Every file part to its own file in `directory`: (client file name, path) each.
+
+        413 as soon as the parts together pass `max_bytes`.
+        """
+        saved: list[tuple[str, Path]] = []
+        total = 0
+        handle = None
+        try:
+            async for piece in self._pieces():
+                if piece is None:
+                    if handle is not None:
+                        handle.close()
+                    path = directory / f"part{len(saved):06d}"
+                    saved.append((self.filenames[len(saved)], path))
+                    handle = path.open("wb")
+                    continue
+                total += len(piece)
+                if total > max_bytes:
+                    raise HTTPException(
+                        413, f"the upload is larger than the {max_bytes}-byte limit"
+                    )
+                assert handle is not None
+                handle.write(piece)
+        finally:
+            if handle is not None:
+                handle.close()
+        if not saved:
+            raise HTTPException(422, f"at least one '{self.file_field}' part is required")
+        return saved
+
+    async def _pieces(self) -> AsyncIterator[bytes | None]:
+        try:
+            async for chunk in self.request.stream():
+                self._parser.write(chunk)
                 while self._pending:
                     yield self._pending.pop(0)
             self._parser.finalize()
@@ -63,8 +114,11 @@ class MultipartUpload:
             raise HTTPException(400, f"malformed multipart body: {error}") from error
         while self._pending:
             yield self._pending.pop(0)
-        if self.files_seen != 1:
-            raise HTTPException(422, f"exactly one '{self.file_field}' part is required")
+
+    def _drain(self) -> list[bytes]:
+        pieces = [p for p in self._pending if p is not None]
+        self._pending.clear()
+        return pieces
 
     def _part_begin(self) -> None:
         self._part = {}
@@ -81,9 +135,16 @@ class MultipartUpload:
         self._name = params.get(b"name", b"").decode()
         if self._name == self.file_field:
             self.files_seen += 1
-            if self.files_seen > 1:
-                raise HTTPException(422, f"exactly one '{self.file_field}' part is allowed")
+            if self.files_seen > self.max_files:
+                allowed = (
+                    f"exactly one '{self.file_field}' part is allowed"
+                    if self.max_files == 1
+                    else f"at most {self.max_files} '{self.file_field}' parts are allowed"
+                )
+                raise HTTPException(422, allowed)
             self.filename = params.get(b"filename", b"").decode()
+            self.filenames.append(self.filename)
+            self._pending.append(None)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._name == self.file_field:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+import tarfile
+import tempfile
 import uuid
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -54,7 +58,8 @@ class _Contents:
                                 "type": "string",
                                 "format": "binary",
                                 "description": "One .zip or .tar(.gz) archive of PNG, JPEG or "
-                                "WebP images; loose image files are not accepted yet.",
+                                "WebP images, or several (or one) image files as repeated "
+                                "'file' parts: those are packed into a tar, sorted by name.",
                             },
                             "name": {"type": "string"},
                             "class_names": {"type": "string", "description": "JSON list"},
@@ -82,11 +87,18 @@ async def upload_probe_set(
     if declared is not None and declared.isdigit() and int(declared) > limit + 1024 * 1024:
         raise HTTPException(413, f"the probe set is larger than the {limit}-byte limit")
     storage: ArtifactStorage = request.app.state.storage
-    upload = MultipartUpload(request)
-    try:
-        artifact = await storage.put_async_stream(upload.file_chunks(), max_bytes=limit)
-    except ArtifactTooLarge as error:
-        raise HTTPException(413, f"the probe set is larger than the {limit}-byte limit") from error
+    upload = MultipartUpload(request, max_files=settings.max_probe_images)
+    scratch_root = settings.data_dir / "tmp"
+    scratch_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch_root) as scratch:
+        parts = await upload.save_files(Path(scratch), max_bytes=limit)
+        source = await run_in_threadpool(_as_archive, parts, Path(scratch) / "images.tar")
+        try:
+            artifact = await run_in_threadpool(storage.put_stream, _read(source), max_bytes=limit)
+        except ArtifactTooLarge as error:
+            raise HTTPException(
+                413, f"the probe set is larger than the {limit}-byte limit"
+            ) from error
     return await run_in_threadpool(
         _register,
         session,
@@ -98,6 +110,39 @@ async def upload_probe_set(
         upload.filename or "",
         response,
     )
+
+
+def _as_archive(parts: list[tuple[str, Path]], destination: Path) -> Path:
+    """One archive part as is; loose images packed into a reproducible tar (sorted names,
+    fixed metadata), so the same images always give the same bytes and sha256."""
+    if len(parts) == 1 and _is_archive(parts[0][1]):
+        return parts[0][1]
+    names: dict[str, Path] = {}
+    for filename, path in parts:
+        name = PurePosixPath(filename.replace("\\", "/")).name
+        if not name or name.startswith(".") or name in names:
+            raise HTTPException(422, f"file: image part names must be distinct, got {filename!r}")
+        names[name] = path
+    with tarfile.open(destination, "w", format=tarfile.USTAR_FORMAT) as bundle:
+        for name in sorted(names):
+            info = tarfile.TarInfo(name)
+            info.size = names[name].stat().st_size
+            info.mode = 0o644
+            with names[name].open("rb") as handle:
+                bundle.addfile(info, handle)
+    return destination
+
+
+def _is_archive(path: Path) -> bool:
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    return magic[:2] == b"\x1f\x8b" or zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
+
+
+def _read(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            yield block
 
 
 def _register(
