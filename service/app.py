@@ -16,7 +16,7 @@ from service.classifiers import endpoints as classifiers
 from service.db import make_engine, session_factory
 from service.deps import Reader
 from service.probe_sets import endpoints as probe_sets
-from service.queue import AuditQueue, EmbeddedQueue
+from service.queue import AuditQueue, queue_from_settings
 from service.settings import Settings, get_settings
 from service.storage import storage_from_url
 from shiftaudit import __version__
@@ -30,10 +30,11 @@ class Identity(BaseModel):
 def create_app(settings: Settings | None = None, queue: AuditQueue | None = None) -> FastAPI:
     """An app bound to one database and queue; the caller applies migrations first.
 
-    Without a queue, audits run on the embedded runner (child processes of this machine).
+    Without a queue: Celery workers when REDIS_URL is set, else the embedded runner (child
+    processes of this machine).
     """
     settings = settings or get_settings()
-    audit_queue = queue or EmbeddedQueue(settings)
+    audit_queue = queue or queue_from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -65,13 +66,17 @@ def create_app(settings: Settings | None = None, queue: AuditQueue | None = None
 
     @app.get("/readyz", tags=["operations"], responses={503: {"description": "not ready"}})
     def readyz() -> dict[str, str]:
-        """Readiness: the database answers (the queue joins this check with the workers)."""
+        """Readiness: the database answers and the queue can take audits."""
         try:
             with app.state.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
         except SQLAlchemyError as error:
             raise HTTPException(503, f"database unreachable: {type(error).__name__}") from error
-        return {"status": "ready", "database": "ok"}
+        try:
+            app.state.queue.ping()
+        except Exception as error:  # any broker failure means: do not route traffic here
+            raise HTTPException(503, f"queue unreachable: {type(error).__name__}") from error
+        return {"status": "ready", "database": "ok", "queue": "ok"}
 
     @app.get("/v1/me", tags=["teams"])
     def me(principal: Reader) -> Identity:

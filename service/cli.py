@@ -26,11 +26,6 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = get_settings()
-    if settings.redis_url:
-        raise ConfigError(
-            "REDIS_URL is set, but the Celery queue is not part of this release yet; unset it "
-            "to run audits on the embedded runner"
-        )
     url = settings.resolved_database_url
     if url.startswith("sqlite"):
         # The embedded default migrates itself; PostgreSQL is migrated by a deployment job.

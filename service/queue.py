@@ -19,8 +19,49 @@ class AuditQueue(Protocol):
     def enqueue(self, audit_id: uuid.UUID) -> None:
         """Hand over an audit whose `queued` row is already committed."""
 
+    def ping(self) -> None:
+        """Raise when audits could not be handed over now (for /readyz)."""
+
     def close(self) -> None:
         """Stop accepting work and release resources."""
+
+
+# The contract with the workers: this task name, one argument (the audit id as a string).
+RUN_AUDIT_TASK = "shiftaudit.run_audit"
+AUDIT_QUEUE = "audits"
+
+
+class CeleryQueue:
+    """Sends committed audits to Celery workers over Redis; the API runs none itself.
+
+    Only the producer side lives here: the workers (the `workers/` package) consume
+    RUN_AUDIT_TASK from AUDIT_QUEUE and call `service.audits.runner.run_job`.
+    """
+
+    def __init__(self, redis_url: str) -> None:
+        from celery import Celery
+
+        self.app = Celery("shiftaudit-api", broker=redis_url)
+        self.app.conf.broker_connection_retry_on_startup = True
+        self.redis_url = redis_url
+
+    def enqueue(self, audit_id: uuid.UUID) -> None:
+        self.app.send_task(RUN_AUDIT_TASK, args=[str(audit_id)], queue=AUDIT_QUEUE)
+
+    def ping(self) -> None:
+        """Raise when the broker cannot be reached (for /readyz)."""
+        with self.app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+
+    def close(self) -> None:
+        self.app.close()
+
+
+def queue_from_settings(settings: Settings) -> AuditQueue:
+    """Celery when REDIS_URL is set, else the embedded runner."""
+    if settings.redis_url:
+        return CeleryQueue(settings.redis_url)
+    return EmbeddedQueue(settings)
 
 
 class EmbeddedQueue:
@@ -39,6 +80,9 @@ class EmbeddedQueue:
 
     def enqueue(self, audit_id: uuid.UUID) -> None:
         self.submitted.append(self._pool.submit(run_job, str(audit_id), *self._urls))
+
+    def ping(self) -> None:
+        """The pool lives in this process: nothing to reach."""
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

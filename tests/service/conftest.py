@@ -48,6 +48,9 @@ class RecordingQueue:
     def enqueue(self, audit_id: uuid.UUID) -> None:
         self.enqueued.append(audit_id)
 
+    def ping(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
