@@ -30,6 +30,7 @@ class MultipartUpload:
         self.filenames: list[str] = []
         self.files_seen = 0
         self.max_files = max_files
+        self._complete = False
         # File bytes waiting to be consumed; None marks the start of the next file part.
         self._pending: list[bytes | None] = []
         self._part: dict[str, str] = {}
@@ -50,23 +51,15 @@ class MultipartUpload:
                 "on_headers_finished": self._headers_finished,
                 "on_part_data": self._part_data,
                 "on_part_end": self._part_end,
+                "on_end": self._end,
             },
         )
 
     async def file_chunks(self) -> AsyncIterator[bytes]:
         """The file part's bytes; reading to the end also collects every field."""
-        try:
-            async for chunk in self.request.stream():
-                self._parser.write(chunk)
-                for piece in self._drain():
-                    yield piece
-            self._parser.finalize()
-        except HTTPException:
-            raise
-        except Exception as error:  # the parser's own errors: a malformed body
-            raise HTTPException(400, f"malformed multipart body: {error}") from error
-        for piece in self._drain():
-            yield piece
+        async for piece in self._pieces():
+            if piece is not None:
+                yield piece
         if self.files_seen != 1:
             raise HTTPException(422, f"exactly one '{self.file_field}' part is required")
 
@@ -102,6 +95,7 @@ class MultipartUpload:
         return saved
 
     async def _pieces(self) -> AsyncIterator[bytes | None]:
+        """File bytes as they arrive, None before each file part; fields collected meanwhile."""
         try:
             async for chunk in self.request.stream():
                 self._parser.write(chunk)
@@ -114,11 +108,12 @@ class MultipartUpload:
             raise HTTPException(400, f"malformed multipart body: {error}") from error
         while self._pending:
             yield self._pending.pop(0)
+        if not self._complete:
+            # A cut-off upload must not be stored as if it were the whole file.
+            raise HTTPException(400, "the upload ended before the multipart closing boundary")
 
-    def _drain(self) -> list[bytes]:
-        pieces = [p for p in self._pending if p is not None]
-        self._pending.clear()
-        return pieces
+    def _end(self) -> None:
+        self._complete = True
 
     def _part_begin(self) -> None:
         self._part = {}

@@ -155,3 +155,24 @@ def test_list_pages_by_keyset_and_delete_keeps_shared_bytes(app_and_keys, files)
         client.delete(f"/v1/models/{ids[0]}", headers=_auth(keys, "alpha-write")).status_code == 204
     )
     assert not _stored(app, program_sha)
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/probe-sets"])
+def test_a_truncated_body_is_refused_and_nothing_is_kept(app_and_keys, files, path):
+    app, keys = app_and_keys
+    whole = files["onnx"].read_bytes()
+    body = (
+        b'--cut\r\nContent-Disposition: form-data; name="name"\r\n\r\nx\r\n'
+        b'--cut\r\nContent-Disposition: form-data; name="file"; filename="m.onnx"\r\n\r\n'
+        + whole[: len(whole) // 2]  # the client died here: no closing boundary
+    )
+    response = TestClient(app).post(
+        path,
+        headers={**_auth(keys, "alpha-write"), "Content-Type": "multipart/form-data; boundary=cut"},
+        content=body,
+    )
+    assert response.status_code == 400
+    assert "closing boundary" in response.json()["detail"]
+    stored = app.state.settings.data_dir / "artifacts" / "objects"
+    assert [p for p in stored.rglob("*") if p.is_file()] == []
+    assert TestClient(app).get(path, headers=_auth(keys, "alpha-read")).json()["items"] == []
