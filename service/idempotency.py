@@ -8,9 +8,10 @@ Two concurrent first requests race on the (team_id, key) unique constraint: the 
 back its work and replays the winner's response. Only successful responses are stored, so a
 request that failed (404, 409, 422) may be retried with the same key.
 
-Uploads (`POST /v1/models`, `POST /v1/probe-sets`) need no key: they are idempotent by
-content already (deduplicated by sha256 per team: a re-upload is a 200 with
-`deduplicated: true` and the existing row).
+Uploads (`POST /v1/models`, `POST /v1/probe-sets`) take the key too; their fingerprint
+includes the uploaded bytes' sha256, so it is checked after streaming
+(`service.stored_files.register_once`). Without a key they are still idempotent by content:
+a re-upload of the same bytes is a 200 with `deduplicated: true` and the existing row.
 """
 
 from __future__ import annotations
@@ -66,21 +67,24 @@ async def _fingerprint(request: Request) -> str:
     )
 
 
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        pattern=r"^[\x21-\x7e]{1,200}$",
+        description="1-200 visible ASCII characters; a retry with the same key and request "
+        "replays the first response instead of acting again",
+    ),
+]
+
+
 class Idempotency:
     """The request's key (None without the header) and fingerprint, for one endpoint call."""
 
     def __init__(
         self,
         request_hash: Annotated[str, Depends(_fingerprint)],
-        key: Annotated[
-            str | None,
-            Header(
-                alias="Idempotency-Key",
-                pattern=r"^[\x21-\x7e]{1,200}$",
-                description="1-200 visible ASCII characters; a retry with the same key and "
-                "request replays the first response instead of acting again",
-            ),
-        ] = None,
+        key: IdempotencyKeyHeader = None,
     ) -> None:
         self.key = key
         self.request_hash = request_hash

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import JSON, BigInteger, ForeignKey, Select, String, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, declared_attr, mapped_column
 
 from service.db import Base, RecordMixin
+from service.idempotency import Idempotency, canonical_hash
 from service.pagination import newest_first
 from service.storage import ArtifactStorage
 
@@ -127,3 +130,54 @@ def parse_fields(raw: dict[str, str], schema: type[SchemaT]) -> SchemaT:
     except ValidationError as error:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise HTTPException(422, detail) from error
+
+
+def upload_fingerprint(request: Request, fields: dict[str, str], sha256: str) -> str:
+    """An upload's identity for Idempotency-Key: its path, query, text fields and bytes."""
+    return canonical_hash(
+        {
+            "method": request.method,
+            "path": request.url.path,
+            "query": sorted(request.query_params.multi_items()),
+            "fields": fields,
+            "file_sha256": sha256,
+        }
+    )
+
+
+def register_once(
+    session: Session,
+    *,
+    team_id: uuid.UUID,
+    key: str | None,
+    request_hash: str,
+    storage: ArtifactStorage,
+    sha256: str,
+    response: Response,
+    register: Callable[[], SchemaT],
+) -> SchemaT | JSONResponse:
+    """Run an upload's `register` under its Idempotency-Key, if it has one.
+
+    The fingerprint includes the uploaded bytes' sha256, so it can only be known after
+    streaming: a replay or a refusal then deletes those bytes unless a row points at them.
+    """
+    guard = Idempotency(request_hash=request_hash, key=key)
+    try:
+        replayed = guard.replay(session, team_id)
+    except HTTPException:
+        if not bytes_in_use(session, sha256):
+            storage.delete(sha256)
+        raise
+    if replayed is not None:
+        return replayed
+    result = register()
+    try:
+        guard.record(session, team_id, response.status_code or 201, result.model_dump(mode="json"))
+    except IntegrityError:
+        # A concurrent first request with the same key won: answer as it did.
+        session.rollback()
+        won = guard.replay(session, team_id)
+        if won is None:
+            raise
+        return won
+    return result

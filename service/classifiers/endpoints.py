@@ -7,13 +7,21 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
 from service.classifiers.models import ModelFile
 from service.classifiers.schemas import ModelOut, ModelUploaded, UploadFields
 from service.deps import Reader, SessionDep, SettingsDep, Writer
+from service.idempotency import IdempotencyKeyHeader
 from service.pagination import Page, decode_cursor, page_of
 from service.storage import ArtifactStorage, ArtifactTooLarge, StoredArtifact
-from service.stored_files import TeamFiles, bytes_in_use, parse_fields
+from service.stored_files import (
+    TeamFiles,
+    bytes_in_use,
+    parse_fields,
+    register_once,
+    upload_fingerprint,
+)
 from service.uploads import MultipartUpload
 from shiftaudit.errors import ModelError
 from shiftaudit.models import sniff_model_format
@@ -56,7 +64,8 @@ async def upload_model(
     principal: Writer,
     session: SessionDep,
     settings: SettingsDep,
-) -> ModelUploaded:
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> ModelUploaded | JSONResponse:
     """Upload an ONNX, TorchScript or torch.export file; the API never loads or runs it."""
     limit = settings.max_model_bytes
     declared = request.headers.get("content-length")
@@ -68,15 +77,29 @@ async def upload_model(
         artifact = await storage.put_async_stream(upload.file_chunks(), max_bytes=limit)
     except ArtifactTooLarge as error:
         raise HTTPException(413, f"the model is larger than the {limit}-byte limit") from error
+    request_hash = upload_fingerprint(request, upload.fields, artifact.sha256)
+
+    def register() -> ModelUploaded:
+        return _register(
+            session,
+            storage,
+            principal.team_id,
+            artifact,
+            upload.fields,
+            upload.filename or "",
+            response,
+        )
+
     return await run_in_threadpool(
-        _register,
+        register_once,
         session,
-        storage,
-        principal.team_id,
-        artifact,
-        upload.fields,
-        upload.filename or "",
-        response,
+        team_id=principal.team_id,
+        key=idempotency_key,
+        request_hash=request_hash,
+        storage=storage,
+        sha256=artifact.sha256,
+        response=response,
+        register=register,
     )
 
 

@@ -14,14 +14,22 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
 from service.deps import Reader, SessionDep, SettingsDep, Writer
+from service.idempotency import IdempotencyKeyHeader
 from service.pagination import Page, decode_cursor, page_of
 from service.probe_sets.models import ProbeSetFile
 from service.probe_sets.schemas import ProbeSetOut, ProbeSetUploaded, UploadFields
 from service.settings import Settings
 from service.storage import ArtifactStorage, ArtifactTooLarge, StoredArtifact
-from service.stored_files import TeamFiles, bytes_in_use, parse_fields
+from service.stored_files import (
+    TeamFiles,
+    bytes_in_use,
+    parse_fields,
+    register_once,
+    upload_fingerprint,
+)
 from service.uploads import MultipartUpload
 from shiftaudit.errors import ProbeSetError
 from shiftaudit.probes import ProbeLimits, open_probe_set
@@ -77,7 +85,8 @@ async def upload_probe_set(
     principal: Writer,
     session: SessionDep,
     settings: SettingsDep,
-) -> ProbeSetUploaded:
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> ProbeSetUploaded | JSONResponse:
     """Upload a zip or tar(.gz) of images, labelled by labels.csv or class folders, or not.
 
     Every image is decoded once here, so a set that uploads is a set an audit can read.
@@ -99,16 +108,30 @@ async def upload_probe_set(
             raise HTTPException(
                 413, f"the probe set is larger than the {limit}-byte limit"
             ) from error
+    request_hash = upload_fingerprint(request, upload.fields, artifact.sha256)
+
+    def register() -> ProbeSetUploaded:
+        return _register(
+            session,
+            storage,
+            settings,
+            principal.team_id,
+            artifact,
+            upload.fields,
+            upload.filename or "",
+            response,
+        )
+
     return await run_in_threadpool(
-        _register,
+        register_once,
         session,
-        storage,
-        settings,
-        principal.team_id,
-        artifact,
-        upload.fields,
-        upload.filename or "",
-        response,
+        team_id=principal.team_id,
+        key=idempotency_key,
+        request_hash=request_hash,
+        storage=storage,
+        sha256=artifact.sha256,
+        response=response,
+        register=register,
     )
 
 

@@ -176,3 +176,36 @@ def test_a_truncated_body_is_refused_and_nothing_is_kept(app_and_keys, files, pa
     stored = app.state.settings.data_dir / "artifacts" / "objects"
     assert [p for p in stored.rglob("*") if p.is_file()] == []
     assert TestClient(app).get(path, headers=_auth(keys, "alpha-read")).json()["items"] == []
+
+
+def test_upload_idempotency_key_replays_and_refuses_other_bytes(app_and_keys, files):
+    app, keys = app_and_keys
+    client = TestClient(app)
+    headers = {**_auth(keys, "alpha-write"), "Idempotency-Key": "upload-1"}
+
+    def post(path):
+        with open(path, "rb") as handle:
+            return client.post(
+                "/v1/models", headers=headers, data={"name": "n"}, files={"file": ("m", handle)}
+            )
+
+    first = post(files["program1"])
+    assert first.status_code == 201
+    again = post(files["program1"])
+    assert again.status_code == 201  # the original response, not a 200 "deduplicated"
+    assert again.json() == first.json()
+    assert again.headers["idempotency-replayed"] == "true"
+    other = post(files["program2"])
+    assert other.status_code == 422
+    assert "different request" in other.json()["detail"]
+    other_sha = hashlib.sha256(files["program2"].read_bytes()).hexdigest()
+    assert not _stored(app, other_sha)  # refused bytes are not kept
+    listed = client.get("/v1/models", headers=_auth(keys, "alpha-read")).json()["items"]
+    assert [m["id"] for m in listed] == [first.json()["id"]]
+    bad_key = client.post(
+        "/v1/models",
+        headers={**headers, "Idempotency-Key": "x" * 201},
+        data={"name": "n"},
+        files={"file": ("m", b"123")},
+    )
+    assert bad_key.status_code == 422
