@@ -5,13 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-
-from service.db import make_engine
-from service.migrate import alembic_config, upgrade
+from service.migrate import prepare_database
 from service.settings import get_settings
-from shiftaudit.errors import ConfigError
 
 
 def register(commands: Any) -> None:
@@ -25,27 +20,6 @@ def register(commands: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    settings = get_settings()
-    url = settings.resolved_database_url
-    if url.startswith("sqlite"):
-        # The embedded default migrates itself; PostgreSQL is migrated by a deployment job.
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        upgrade(url)
-    else:
-        _require_current_schema(url)
+    prepare_database(get_settings())
     uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port)
     return 0
-
-
-def _require_current_schema(url: str) -> None:
-    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
-    engine = make_engine(url)
-    try:
-        with engine.connect() as connection:
-            current = MigrationContext.configure(connection).get_current_revision()
-    finally:
-        engine.dispose()
-    if current != head:
-        raise ConfigError(
-            f"the database is at migration {current}, not {head}: run `alembic upgrade head`"
-        )

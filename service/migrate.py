@@ -6,6 +6,12 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from service.db import make_engine
+from service.settings import Settings
+from shiftaudit.errors import ConfigError
 
 MIGRATIONS = Path(__file__).resolve().parents[1] / "migrations"
 
@@ -24,3 +30,25 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def downgrade(url: str, revision: str = "base") -> None:
     command.downgrade(alembic_config(url), revision)
+
+
+def prepare_database(settings: Settings) -> str:
+    """The database URL, ready for use: the embedded SQLite default migrates itself;
+    PostgreSQL is migrated by a deployment job and refused unless at the latest revision."""
+    url = settings.resolved_database_url
+    if url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        upgrade(url)
+        return url
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    if current != head:
+        raise ConfigError(
+            f"the database is at migration {current}, not {head}: run `alembic upgrade head`"
+        )
+    return url

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from service.db import make_engine, session_factory
-from service.migrate import upgrade
+from service.migrate import prepare_database
 from service.settings import get_settings
 from service.teams.models import Scope
 from service.teams.repository import create_key, get_or_create_team
@@ -25,12 +25,7 @@ def register(commands: Any) -> None:
 
 def _create(args: argparse.Namespace) -> int:
     settings = get_settings()
-    url = settings.resolved_database_url
-    if url.startswith("sqlite"):
-        # The embedded default migrates itself; PostgreSQL is migrated by its own job.
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        upgrade(url)
-    factory = session_factory(make_engine(url))
+    factory = session_factory(make_engine(prepare_database(settings)))
     with factory.begin() as session:
         team = get_or_create_team(session, name=args.team)
         row, plaintext = create_key(
