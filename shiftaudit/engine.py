@@ -68,9 +68,7 @@ def run_audit(
         size, layout = input_geometry(model, config.preprocess)
         plan = plan_shifts(config.sweep, size)
         sampled = config.sweep.sampling is not None
-        per_probe = (
-            1 + 2 * config.sweep.sampling.pairs_per_probe if config.sweep.sampling else plan.count
-        )
+        per_probe = len(_shift_columns(plan, config, 0))
         stages.lap("load")
         with torch.inference_mode(), cuda_precision(config.runtime.precision):
             tuning = choose(
