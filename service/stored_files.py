@@ -51,6 +51,15 @@ class StoredFileOut(BaseModel):
     created_at: datetime
 
 
+class StoredFileFields(BaseModel):
+    """Text parts every upload takes; the limits are the columns' (StoredFileMixin)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    class_names: list[str] | None = Field(None, max_length=100_000)
+
+
 RowT = TypeVar("RowT", bound=StoredFileMixin)
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
 

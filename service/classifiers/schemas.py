@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from service.stored_files import StoredFileOut
+from service.stored_files import StoredFileFields, StoredFileOut
 
 
 class ModelOut(StoredFileOut):
@@ -20,12 +20,8 @@ class ModelUploaded(ModelOut):
     )
 
 
-class UploadFields(BaseModel):
+class UploadFields(StoredFileFields):
     """The text parts of a model upload."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200)
     version: str = Field("1", min_length=1, max_length=100)
     registry_ref: str | None = Field(None, max_length=500)
-    class_names: list[str] | None = Field(None, max_length=100_000)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from service.stored_files import StoredFileOut
+from service.stored_files import StoredFileFields, StoredFileOut
 
 
 class ProbeSetOut(StoredFileOut):
@@ -22,10 +22,5 @@ class ProbeSetUploaded(ProbeSetOut):
     )
 
 
-class UploadFields(BaseModel):
+class UploadFields(StoredFileFields):
     """The text parts of a probe-set upload."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200)
-    class_names: list[str] | None = Field(None, max_length=100_000)
