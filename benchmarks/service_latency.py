@@ -33,6 +33,7 @@ from sqlalchemy import insert
 from service.audits.models import Audit, AuditReport, AuditStatus
 from service.classifiers.models import ModelFile
 from service.db import make_engine, session_factory, utcnow
+from service.demo import wait_ready
 from service.migrate import upgrade
 from service.probe_sets.models import ProbeSetFile
 from service.teams.models import Scope
@@ -228,13 +229,8 @@ def main() -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        with httpx.Client(base_url=base) as http:
+            wait_ready(http, server)
         results = asyncio.run(run(base, key, audit_id, args, work))
     finally:
         server.terminate()

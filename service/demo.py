@@ -55,7 +55,7 @@ def _demo(args: argparse.Namespace) -> int:
     base = f"http://127.0.0.1:{args.port}"
     try:
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as http:
-            _wait_ready(http, server)
+            wait_ready(http, server)
             report = _audit(http, model, Path(archive))
     finally:
         server.terminate()
@@ -65,18 +65,19 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_ready(http: httpx.Client, server: subprocess.Popen[bytes]) -> None:
+def wait_ready(http: httpx.Client, server: subprocess.Popen[bytes]) -> None:
+    """Poll /readyz of a server process just started, until 200 (60 s at most)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise ShiftAuditError("shiftaudit serve exited before it became ready")
+            raise ShiftAuditError("the server exited before it became ready")
         try:
             if http.get("/readyz").status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    raise ShiftAuditError("shiftaudit serve did not become ready within 60 s")
+    raise ShiftAuditError("the server did not become ready within 60 s")
 
 
 def _audit(http: httpx.Client, model: Path, probes: Path) -> Report:

@@ -7,11 +7,11 @@ import select
 import socket
 import subprocess
 import sys
-import time
 
 import httpx
 
 from service.db import make_engine, session_factory
+from service.demo import wait_ready
 from service.migrate import upgrade
 from service.teams.models import Scope
 from service.teams.repository import create_key, get_or_create_team
@@ -55,7 +55,8 @@ def test_an_endless_upload_is_cut_off_at_the_limit(tmp_path):
         env=env,
     )
     try:
-        _wait_ready(port)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+            wait_ready(http, server)
         status, sent = _endless_upload(port, key)
     finally:
         server.terminate()
@@ -64,17 +65,6 @@ def test_an_endless_upload_is_cut_off_at_the_limit(tmp_path):
     assert sent < 16 * LIMIT, f"the server read {sent} bytes before refusing"
     objects = tmp_path / "data" / "artifacts"
     assert [p for p in objects.rglob("*") if p.is_file()] == []
-
-
-def _wait_ready(port: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError("server did not start")
 
 
 def _endless_upload(port: int, key: str) -> tuple[int, int]:
