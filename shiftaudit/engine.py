@@ -6,7 +6,7 @@ import hashlib
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -32,7 +32,7 @@ from .preprocess import (
     upload,
 )
 from .probes import ProbeSet, open_probe_set
-from .report import LayerProfile, Provenance, Report
+from .report import LayerProfile, Provenance, Report, ShardResult
 from .shifts import ShiftGenerator, ShiftPlan, plan_shifts
 from .tuning import Tuning, choose, device_name
 
@@ -56,6 +56,29 @@ def run_audit(
 ) -> Report:
     """Audit one model on one probe set; raises ShiftAuditError subclasses for bad input."""
     config = config or AuditConfig()
+    shard = sweep_shard(
+        model_path, probes_path, config, progress=progress, tuning_cache=tuning_cache
+    )
+    report = merge_shards([shard], config)
+    if progress is not None:
+        progress(1.0, "done")
+    return report
+
+
+def sweep_shard(
+    model_path: str | Path,
+    probes_path: str | Path,
+    config: AuditConfig,
+    *,
+    probes: tuple[int, int] | None = None,
+    progress: ProgressCallback | None = None,
+    tuning_cache: Path | None = None,
+) -> ShardResult:
+    """Sweep probes [start, stop) of the set (all when None) into mergeable statistics.
+
+    The shard that holds probe 0 also measures the layer profile (over the set's first
+    probes), so that exactly one shard of an audit does.
+    """
     started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
     report_progress = progress or (lambda fraction, stage: None)
     device = resolve_device(config.runtime.device)
@@ -64,10 +87,15 @@ def run_audit(
     stages = _StageClock()
     model_sha = sha256_file(model_path)
     model = load_model(model_path, device=device, threads=config.runtime.threads)
-    with open_probe_set(probes_path, class_names=config.class_names) as probes:
+    with open_probe_set(probes_path, class_names=config.class_names) as probe_set:
+        start, stop = probes if probes is not None else (0, len(probe_set))
+        if not 0 <= start < stop <= len(probe_set):
+            raise ConfigError(
+                f"shard probes [{start}, {stop}) do not lie within the probe set's "
+                f"{len(probe_set)} images"
+            )
         size, layout = input_geometry(model, config.preprocess)
         plan = plan_shifts(config.sweep, size)
-        sampled = config.sweep.sampling is not None
         per_probe = len(_shift_columns(plan, config, 0))
         stages.lap("load")
         with torch.inference_mode(), cuda_precision(config.runtime.precision):
@@ -76,30 +104,38 @@ def run_audit(
                 model_sha256=model_sha,
                 size=size,
                 layout=layout,
-                total_pairs=len(probes) * per_probe,
+                total_pairs=(stop - start) * per_probe,
                 fixed_batch=config.runtime.batch_size,
                 cache_dir=tuning_cache,
                 variant=config.runtime.precision,
             )
             stages.lap("tune")
             accumulator, num_classes = _sweep(
-                model, probes, plan, config, tuning, layout=layout, progress=report_progress
+                model,
+                probe_set,
+                range(start, stop),
+                plan,
+                config,
+                tuning,
+                layout=layout,
+                progress=report_progress,
             )
             stages.lap("sweep")
-            layers = _layer_profile(model, probes, config, size=size, layout=layout)
-            stages.lap("layers")
-        summary = accumulator.summary(resamples=config.bootstrap, seed=config.seed)
-        stages.lap("statistics")
-        provenance = Provenance(
+            layers = None
+            if start == 0:
+                layers = _layer_profile(model, probe_set, config, size=size, layout=layout)
+                stages.lap("layers")
+        return ShardResult(
+            probes=(start, stop),
+            input_size=size,
+            num_classes=num_classes,
+            layers=layers,
+            statistics=accumulator.state(),
             model_sha256=model_sha,
             model_format=model.format.value,
-            probe_set_sha256=probes.sha256,
-            probe_count=len(probes),
-            labelled=probes.has_labels,
-            config=config,
-            seed=config.seed,
-            engine_version=__version__,
-            libraries=library_versions(),
+            probe_set_sha256=probe_set.sha256,
+            probe_count=len(probe_set),
+            labelled=probe_set.has_labels,
             device=device_name(device),
             batch_size=tuning.batch_size,
             memory_format="channels_last" if tuning.channels_last else "contiguous",
@@ -108,15 +144,81 @@ def run_audit(
             stage_seconds=stages.seconds,
             started_at=started_at,
         )
-    report_progress(1.0, "done")
+
+
+def merge_shards(shards: Sequence[ShardResult], config: AuditConfig) -> Report:
+    """One report from the shards of an audit: exact, since shards hold counts and sums.
+
+    The shards must come from the same model, probe set and config and cover the probe set
+    exactly once, in any order.
+    """
+    started = time.perf_counter()
+    ordered = sorted(shards, key=lambda shard: shard.probes)
+    first = ordered[0]
+    covered = 0
+    for shard in ordered:
+        if shard.probes[0] != covered:
+            raise ConfigError(f"shards leave probes [{covered}, {shard.probes[0]}) uncovered")
+        covered = shard.probes[1]
+        for field in ("model_sha256", "probe_set_sha256", "input_size", "num_classes"):
+            if getattr(shard, field) != getattr(first, field):
+                raise ConfigError(f"shards disagree on {field}; they are not of one audit")
+    if covered != first.probe_count:
+        raise ConfigError(f"shards cover {covered} of {first.probe_count} probes")
+    plan = plan_shifts(config.sweep, first.input_size)
+    sampled = config.sweep.sampling is not None
+    accumulator = SweepAccumulator.from_state(
+        plan,
+        first.statistics,
+        sampled=sampled,
+        labelled=first.labelled,
+        worst_case_limit=config.worst_cases,
+    )
+    for shard in ordered[1:]:
+        accumulator.merge(
+            SweepAccumulator.from_state(
+                plan,
+                shard.statistics,
+                sampled=sampled,
+                labelled=first.labelled,
+                worst_case_limit=config.worst_cases,
+            )
+        )
+    assert first.layers is not None  # the shard holding probe 0 always measures it
+    summary = accumulator.summary(resamples=config.bootstrap, seed=config.seed)
+    statistics_s = round(time.perf_counter() - started, 4)
+    stage_seconds: dict[str, float] = {}
+    for shard in ordered:  # compute seconds summed over shards
+        for stage, seconds in shard.stage_seconds.items():
+            stage_seconds[stage] = round(stage_seconds.get(stage, 0.0) + seconds, 4)
+    stage_seconds["statistics"] = statistics_s
+    provenance = Provenance(
+        model_sha256=first.model_sha256,
+        model_format=first.model_format,
+        probe_set_sha256=first.probe_set_sha256,
+        probe_count=first.probe_count,
+        labelled=first.labelled,
+        config=config,
+        seed=config.seed,
+        engine_version=__version__,
+        libraries=library_versions(),
+        device=first.device,
+        batch_size=first.batch_size,
+        memory_format=first.memory_format,
+        execution_provider=first.execution_provider,
+        shards=len(ordered),
+        wall_time_s=round(max(shard.wall_time_s for shard in ordered) + statistics_s, 3),
+        stage_seconds=stage_seconds,
+        started_at=min(shard.started_at for shard in ordered),
+    )
     return Report(
         mode=plan.mode,
         estimator="random_pairs" if sampled else "exhaustive",
-        input_size=size,
-        num_classes=num_classes,
+        input_size=first.input_size,
+        num_classes=first.num_classes,
         summary=summary,
         shift_map=accumulator.shift_map(),
-        layers=layers,
+        layers=first.layers,
         position_map=accumulator.position_map(),
         worst_cases=accumulator.worst_cases(),
         provenance=provenance,
@@ -208,15 +310,16 @@ def _fitting_chunk(limit: int, *, per_probe: int, batch: int) -> int:
     return min(candidates, key=lambda c: ((-c * per_probe) % batch / (c * per_probe), -c))
 
 
-def _chunks(count: int, first: int, size: int) -> Iterator[range]:
-    yield range(min(count, first))
-    for start in range(first, count, size):
-        yield range(start, min(count, start + size))
+def _chunks(indices: range, first: int, size: int) -> Iterator[range]:
+    yield indices[:first]
+    for start in range(first, len(indices), size):
+        yield indices[start : start + size]
 
 
 def _sweep(
     model: LoadedModel,
     probes: ProbeSet,
+    indices: range,
     plan: ShiftPlan,
     config: AuditConfig,
     tuning: Tuning,
@@ -245,10 +348,11 @@ def _sweep(
     pairs_per_chunk = max(_PAIRS_PER_CHUNK, _BATCHES_PER_CHUNK * batch)
     limit = max(1, min(_MAX_PROBES_PER_CHUNK[device.type], pairs_per_chunk // per_probe))
     chunk_size = _fitting_chunk(limit, per_probe=per_probe, batch=batch)
-    # A GPU runs every batch at full size (the tail padded, its outputs dropped): each new
-    # batch shape costs cuDNN a fresh plan, far more than a few padded rows.
-    pad_to_batch = device.type == "cuda"
-    total = len(probes) * per_probe
+    # Every batch runs at full size (the tail padded, its outputs dropped). Kernels are chosen
+    # by shape, so a probe's outputs then never depend on which probes share its batch, and
+    # shards of an audit merge bit-exactly into the unsharded report; on a GPU it also spares
+    # cuDNN a fresh plan per tail shape.
+    total = len(indices) * per_probe
     done, num_classes = 0, -1
     # One buffer for every chunk: reallocating tens of MB per chunk fragments the heap, and
     # peak memory then creeps up with the number of probes.
@@ -260,7 +364,7 @@ def _sweep(
     # The first chunk holds about one batch, so the device starts while the rest decodes.
     first = max(1, min(chunk_size, batch // per_probe))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
-        chunks = list(_chunks(len(probes), first, chunk_size))
+        chunks = list(_chunks(indices, first, chunk_size))
         pending = _decode(pool, probes, chunks[0])
         for number, chunk in enumerate(chunks):
             images = [f.result() for f in pending]
@@ -276,7 +380,7 @@ def _sweep(
             for start in range(0, len(flat_shift), batch):
                 stop = min(len(flat_shift), start + batch)
                 probe_index, shift_index = flat_probe[start:stop], flat_shift[start:stop]
-                if pad_to_batch and stop - start < batch:
+                if stop - start < batch:
                     padding = batch - (stop - start)
                     probe_index = torch.cat([probe_index, probe_index[:1].expand(padding)])
                     shift_index = torch.cat([shift_index, shift_index[:1].expand(padding)])

@@ -20,8 +20,10 @@ probe has the same adjacent pairs), so the bootstrap resamples probes.
 
 from __future__ import annotations
 
+import base64
 import heapq
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -256,6 +258,62 @@ class SweepAccumulator:
             elif entry[:2] > self._worst[0][:2]:
                 heapq.heapreplace(self._worst, entry)
 
+    def state(self) -> dict[str, Any]:
+        """The statistics as JSON-ready data: arrays as base64 bytes, exact to the last bit."""
+        ids = np.concatenate(self.probe_ids) if self.probe_ids else np.zeros(0, np.int64)
+        return {
+            "probe_ids": _encode(ids.astype(np.int64)),
+            "values": {
+                k: _encode(np.concatenate(v).astype(np.float64))
+                for k, v in self.values.items()
+                if v
+            },
+            "agree_counts": _encode(self.agree_counts),
+            "correct_counts": _encode(self.correct_counts),
+            "eval_counts": _encode(self.eval_counts),
+            "worst": [
+                [flips, negative_id, case.model_dump(mode="json")]
+                for flips, negative_id, case in self._worst
+            ],
+        }
+
+    @classmethod
+    def from_state(
+        cls,
+        plan: ShiftPlan,
+        state: dict[str, Any],
+        *,
+        sampled: bool,
+        labelled: bool,
+        worst_case_limit: int,
+    ) -> SweepAccumulator:
+        """Rebuild an accumulator from `state()`; sizes are checked against the plan."""
+        accumulator = cls(
+            plan, sampled=sampled, labelled=labelled, worst_case_limit=worst_case_limit
+        )
+        ids = _decode(state["probe_ids"], np.int64)
+        accumulator.probe_ids = [ids]
+        for key, encoded in state["values"].items():
+            if key not in accumulator.values:
+                raise ValueError(f"unknown per-probe statistic {key!r}")
+            values = _decode(encoded, np.float64)
+            if len(values) != len(ids):
+                raise ValueError(
+                    f"statistic {key!r} has {len(values)} values for {len(ids)} probes"
+                )
+            accumulator.values[key] = [values]
+        for name in ("agree_counts", "correct_counts", "eval_counts"):
+            counts = _decode(state[name], np.int64)
+            if counts.shape != (plan.count,):
+                raise ValueError(f"{name} has {len(counts)} entries for {plan.count} shifts")
+            setattr(accumulator, name, counts)
+        accumulator._worst = [
+            (int(flips), int(negative_id), WorstCase.model_validate(case))
+            for flips, negative_id, case in state["worst"]
+        ]
+        heapq.heapify(accumulator._worst)
+        return accumulator
+
     # ----------------------------------------------------------------------------- results
 
     def per_probe(self) -> dict[str, np.ndarray]:
@@ -317,6 +375,18 @@ class SweepAccumulator:
 
     def worst_cases(self) -> list[WorstCase]:
         return [case for _, _, case in sorted(self._worst, key=lambda e: e[:2], reverse=True)]
+
+
+def _encode(array: np.ndarray) -> str:
+    return base64.b64encode(
+        np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+    ).decode()
+
+
+def _decode(encoded: str, dtype: type[np.generic]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(encoded), dtype=np.dtype(dtype).newbyteorder("<")).astype(
+        dtype
+    )
 
 
 def _pair(shift: np.ndarray) -> tuple[float, float]:

@@ -6,13 +6,13 @@ when fields are added; readers accept any report with the same major version.
 
 from __future__ import annotations
 
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .config import AuditConfig, ShiftMode
 
-SCHEMA_VERSION: Final = "1.0"
+SCHEMA_VERSION: Final = "1.1"
 
 
 class _Frozen(BaseModel):
@@ -128,15 +128,24 @@ class Provenance(_Frozen):
     batch_size: int
     memory_format: Literal["contiguous", "channels_last"]
     execution_provider: str | None
-    wall_time_s: float
+    shards: int = Field(
+        1,
+        ge=1,
+        description="Probe ranges swept separately (by different workers) and merged exactly; "
+        "added in 1.1.",
+    )
+    wall_time_s: float = Field(
+        description="Seconds from loading to the report; sharded: the slowest shard plus the merge."
+    )
     stage_seconds: dict[str, float] = Field(
-        description="load (hashing, model, probe set), tune, sweep, layers, statistics."
+        description="load (hashing, model, probe set), tune, sweep, layers, statistics; "
+        "sharded: summed over shards."
     )
     started_at: str
 
 
 class Report(_Frozen):
-    schema_version: Literal["1.0"] = SCHEMA_VERSION
+    schema_version: Literal["1.1"] = SCHEMA_VERSION
     mode: ShiftMode
     estimator: Literal["exhaustive", "random_pairs"]
     input_size: tuple[int, int]
@@ -147,3 +156,29 @@ class Report(_Frozen):
     position_map: PositionMap | None
     worst_cases: list[WorstCase]
     provenance: Provenance
+
+
+class ShardResult(_Frozen):
+    """What sweeping one probe range yields: sufficient statistics, not a report.
+
+    The interchange format between a sandboxed sweep and the process that merges shards
+    (`engine.merge_shards`); not part of the published report schema.
+    """
+
+    probes: tuple[int, int] = Field(description="[start, stop) probe indices of the set.")
+    input_size: tuple[int, int]
+    num_classes: int
+    layers: LayerProfile | None = Field(description="Measured by the shard holding probe 0.")
+    statistics: dict[str, Any] = Field(description="SweepAccumulator.state()")
+    model_sha256: str
+    model_format: str
+    probe_set_sha256: str
+    probe_count: int
+    labelled: bool
+    device: str
+    batch_size: int
+    memory_format: Literal["contiguous", "channels_last"]
+    execution_provider: str | None
+    wall_time_s: float
+    stage_seconds: dict[str, float]
+    started_at: str

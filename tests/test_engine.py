@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from shiftaudit.config import AuditConfig
-from shiftaudit.engine import run_audit
+from shiftaudit.engine import merge_shards, run_audit, sweep_shard
+from shiftaudit.errors import ConfigError
+from shiftaudit.report import ShardResult
 
 from .nets import (
     AliasingNet,
@@ -217,6 +219,37 @@ def test_same_inputs_and_seed_give_identical_numbers(tmp_path, probes):
     first, second = run_audit(model, probes, config), run_audit(model, probes, config)
     strip = {"provenance": {"wall_time_s", "stage_seconds", "started_at"}}
     assert first.model_dump(exclude=strip) == second.model_dump(exclude=strip)
+
+
+@pytest.mark.parametrize("mode", ["circular", "canvas"])
+def test_shards_merge_into_the_unsharded_report(tmp_path, probes, mode):
+    model = export_program(AliasingNet(), tmp_path / "m.pt2")
+    config = _config(mode=mode, **({"object_size": 8, "step": 2} if mode == "canvas" else {}))
+    whole = run_audit(model, probes, config)
+    # Uneven shards, handed over as JSON in any order, as the workers do.
+    shards = [
+        ShardResult.model_validate_json(
+            sweep_shard(model, probes, config, probes=span).model_dump_json()
+        )
+        for span in ((17, 24), (0, 5), (5, 17))
+    ]
+    merged = merge_shards(shards, config)
+    strip = {"provenance": {"wall_time_s", "stage_seconds", "started_at", "shards"}}
+    assert merged.model_dump(exclude=strip) == whole.model_dump(exclude=strip)
+    assert merged.provenance.shards == 3 and whole.provenance.shards == 1
+    assert [s.layers is not None for s in shards] == [False, True, False]
+
+
+def test_shards_that_do_not_cover_the_probe_set_are_refused(tmp_path, probes):
+    model = export_program(GlobalPoolNet(stride=1), tmp_path / "m.pt2")
+    config = _config()
+    first = sweep_shard(model, probes, config, probes=(0, 10))
+    with pytest.raises(ConfigError, match=r"cover 10 of 24 probes"):
+        merge_shards([first], config)
+    with pytest.raises(ConfigError, match=r"uncovered"):
+        merge_shards([first, sweep_shard(model, probes, config, probes=(12, 24))], config)
+    with pytest.raises(ConfigError, match=r"do not lie within"):
+        sweep_shard(model, probes, config, probes=(20, 30))
 
 
 def test_canvas_reports_a_position_map(tmp_path, probes):
