@@ -236,7 +236,7 @@ def test_shards_merge_into_the_unsharded_report(tmp_path, probes, mode):
     merged = merge_shards(shards, config)
     strip = {"provenance": {"wall_time_s", "stage_seconds", "started_at", "shards"}}
     assert merged.model_dump(exclude=strip) == whole.model_dump(exclude=strip)
-    assert merged.provenance.shards == 3 and whole.provenance.shards == 1
+    assert (merged.provenance.shards, whole.provenance.shards) == (3, 1)
     assert [s.layers is not None for s in shards] == [False, True, False]
 
 
