@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -9,17 +11,21 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from service import metrics, problems
 from service.audits import endpoints as audits
+from service.audits.reconciler import policy_from, reconcile_once
 from service.classifiers import endpoints as classifiers
-from service.db import make_engine, session_factory
+from service.db import make_engine, session_factory, utcnow
 from service.deps import Reader
 from service.probe_sets import endpoints as probe_sets
-from service.queue import AuditQueue, queue_from_settings
+from service.queue import AuditQueue, EmbeddedQueue, queue_from_settings
 from service.settings import Settings, get_settings
 from service.storage import storage_from_url
 from shiftaudit import __version__
+
+log = logging.getLogger(__name__)
 
 
 class Identity(BaseModel):
@@ -37,8 +43,19 @@ def create_app(settings: Settings | None = None, queue: AuditQueue | None = None
     audit_queue = queue or queue_from_settings(settings)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        if isinstance(audit_queue, EmbeddedQueue):
+            # No reconciler process beside the embedded runner: this thread re-runs what an
+            # earlier process left queued or running when it stopped.
+            threading.Thread(
+                target=_reconcile_until,
+                args=(stop, app.state.sessions, audit_queue, settings),
+                daemon=True,
+                name="reconciler",
+            ).start()
         yield
+        stop.set()
         audit_queue.close()
 
     app = FastAPI(
@@ -84,3 +101,15 @@ def create_app(settings: Settings | None = None, queue: AuditQueue | None = None
         return Identity(team=principal.team_name, scope=principal.scope.value)
 
     return app
+
+
+def _reconcile_until(
+    stop: threading.Event, sessions: sessionmaker[Session], queue: AuditQueue, settings: Settings
+) -> None:
+    policy = policy_from(settings)
+    while not stop.is_set():
+        try:
+            reconcile_once(sessions, queue, policy, now=utcnow())
+        except Exception:  # logged; the next pass tries again
+            log.exception("reconcile pass failed")
+        stop.wait(settings.reconcile_interval_s)

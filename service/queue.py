@@ -1,42 +1,57 @@
-"""The queue boundary: where committed audits are handed to something that runs them.
+"""The queue boundary: where committed audit shards are handed to something that runs them.
 
 One small interface, two implementations: the embedded runner below (a process pool on this
-machine, the zero-configuration default) and Celery over Redis (the workers issue).
+machine, the zero-configuration default) and Celery over Redis (the `workers` package
+consumes what CeleryQueue sends).
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import uuid
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Protocol
 
-from service.audits.runner import run_job
+from service.audits.runner import job_options, run_shard
 from service.settings import Settings
+
+# The contract with the workers: this task name, two arguments (audit id as a string, shard
+# number), and one queue per kind of device an audit may run on.
+RUN_SHARD_TASK = "shiftaudit.run_shard"
+GPU_QUEUE, CPU_QUEUE, ANY_QUEUE = "audits.gpu", "audits.cpu", "audits.any"
+AUDIT_QUEUES = (GPU_QUEUE, CPU_QUEUE, ANY_QUEUE)
+
+
+def route_for(device: str) -> str:
+    """The queue for an audit's `runtime.device`: `auto` may run on any worker, the others
+    only where that device is."""
+    if device == "auto":
+        return ANY_QUEUE
+    return CPU_QUEUE if device == "cpu" else GPU_QUEUE
+
+
+def job_id(audit_id: uuid.UUID | str, shard: int) -> str:
+    """The message id of a shard's job: the reconciler looks for it in the broker."""
+    return f"{audit_id}/{shard}"
 
 
 class AuditQueue(Protocol):
-    def enqueue(self, audit_id: uuid.UUID) -> None:
-        """Hand over an audit whose `queued` row is already committed."""
+    def enqueue(self, audit_id: uuid.UUID, shard: int, *, device: str) -> None:
+        """Hand over a shard whose `queued` row is already committed."""
+
+    def waiting(self) -> set[str] | None:
+        """Job ids waiting in the queue now; None when the queue cannot tell."""
 
     def ping(self) -> None:
-        """Raise when audits could not be handed over now (for /readyz)."""
+        """Raise when jobs could not be handed over now (for /readyz)."""
 
     def close(self) -> None:
         """Stop accepting work and release resources."""
 
 
-# The contract with the workers: this task name, one argument (the audit id as a string).
-RUN_AUDIT_TASK = "shiftaudit.run_audit"
-AUDIT_QUEUE = "audits"
-
-
 class CeleryQueue:
-    """Sends committed audits to Celery workers over Redis; the API runs none itself.
-
-    Only the producer side lives here: the workers (the `workers/` package) consume
-    RUN_AUDIT_TASK from AUDIT_QUEUE and call `service.audits.runner.run_job`.
-    """
+    """Sends committed shards to Celery workers over Redis; the API runs none itself."""
 
     def __init__(self, redis_url: str) -> None:
         from celery import Celery
@@ -45,8 +60,26 @@ class CeleryQueue:
         self.app.conf.broker_connection_retry_on_startup = True
         self.redis_url = redis_url
 
-    def enqueue(self, audit_id: uuid.UUID) -> None:
-        self.app.send_task(RUN_AUDIT_TASK, args=[str(audit_id)], queue=AUDIT_QUEUE)
+    def enqueue(self, audit_id: uuid.UUID, shard: int, *, device: str) -> None:
+        self.app.send_task(
+            RUN_SHARD_TASK,
+            args=[str(audit_id), shard],
+            queue=route_for(device),
+            task_id=job_id(audit_id, shard),
+        )
+
+    def waiting(self) -> set[str]:
+        """Ids of the messages in the audit queues' Redis lists (kombu keeps one list per
+        queue, plus one per priority step, named queue + '\\x06\\x16' + step)."""
+        import redis
+
+        found: set[str] = set()
+        with redis.Redis.from_url(self.redis_url) as client:
+            for queue in AUDIT_QUEUES:
+                for key in [queue.encode(), *client.scan_iter(match=f"{queue}\x06\x16*")]:
+                    for raw in client.lrange(key, 0, -1):
+                        found.add(json.loads(raw)["headers"]["id"])
+        return found
 
     def ping(self) -> None:
         """Raise when the broker cannot be reached (for /readyz)."""
@@ -65,21 +98,34 @@ def queue_from_settings(settings: Settings) -> AuditQueue:
 
 
 class EmbeddedQueue:
-    """Runs audits one at a time in a spawned child process, never in the API process.
+    """Runs shards one at a time in a spawned child process, never in the API process.
 
     Spawn, not fork: the API process may hold threads and database connections that a fork
-    would copy, and CUDA must not be initialised before a fork.
+    would copy, and CUDA must not be initialised before a fork. That child starts the
+    sandboxed sweep, as a Celery worker does.
     """
 
     def __init__(self, settings: Settings, *, workers: int = 1) -> None:
         self._urls = (settings.resolved_database_url, settings.resolved_storage_url)
+        self._options = job_options(settings)
         self._pool = ProcessPoolExecutor(
             max_workers=workers, mp_context=multiprocessing.get_context("spawn")
         )
-        self.submitted: list[Future[str]] = []
+        self._pending: dict[str, Future[str]] = {}
 
-    def enqueue(self, audit_id: uuid.UUID) -> None:
-        self.submitted.append(self._pool.submit(run_job, str(audit_id), *self._urls))
+    def enqueue(self, audit_id: uuid.UUID, shard: int, *, device: str) -> None:
+        key = job_id(audit_id, shard)
+        self._pending[key] = self._pool.submit(
+            run_shard, str(audit_id), shard, *self._urls, self._options
+        )
+
+    def waiting(self) -> set[str]:
+        self._pending = {k: f for k, f in self._pending.items() if not f.done()}
+        return set(self._pending)
+
+    def wait(self) -> list[str]:
+        """Block until every submitted shard is done (for tests and the demo)."""
+        return [future.result() for future in list(self._pending.values())]
 
     def ping(self) -> None:
         """The pool lives in this process: nothing to reach."""

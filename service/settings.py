@@ -42,6 +42,43 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         80_000_000, ge=1, description="Most pixels (width x height) in one probe image."
     )
+    shard_probes: int = Field(
+        5000,
+        ge=1,
+        description="Audits over more probes are split into shards of at most this "
+        "many, which different workers sweep at the same time.",
+    )
+    audit_time_limit_s: float = Field(
+        6 * 3600, gt=0, description="Wall-time limit of one shard's sweep; longer ones fail."
+    )
+    audit_memory_limit_mb: int = Field(
+        16384,
+        ge=1024,
+        description="Memory limit of one sweep process (address space on CPU, "
+        "resident memory on GPU workers).",
+    )
+    heartbeat_timeout_s: float = Field(
+        120,
+        gt=0,
+        description="A running shard whose heartbeat is older is taken as lost by "
+        "the reconciler and queued again.",
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Runs of a shard whose worker was lost before its audit fails."
+    )
+    reconcile_interval_s: float = Field(30, gt=0, description="How often the reconciler runs.")
+    resend_after_s: float = Field(
+        30,
+        gt=0,
+        description="A queued shard whose message is missing from the broker for "
+        "longer (Redis restarted) is sent again.",
+    )
+    worker_cache_dir: Path | None = Field(
+        None, description="Worker's artifact cache; unset: data_dir/worker-cache."
+    )
+    worker_cache_bytes: int = Field(
+        20 * 1024**3, ge=1, description="Largest size of the worker's artifact cache."
+    )
     secret_key: SecretStr = Field(
         SecretStr(DEVELOPMENT_SECRET),
         description="Pepper for API-key hashes (HMAC-SHA256); required in production.",
@@ -63,6 +100,10 @@ class Settings(BaseSettings):
     @property
     def resolved_storage_url(self) -> str:
         return self.storage_url or str((self.data_dir / "artifacts").resolve())
+
+    @property
+    def resolved_worker_cache_dir(self) -> Path:
+        return (self.worker_cache_dir or self.data_dir / "worker-cache").resolve()
 
     @property
     def resolved_database_url(self) -> str:

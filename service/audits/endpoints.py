@@ -14,11 +14,11 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.audits.models import Audit, AuditReport, AuditStatus
+from service.audits.models import Audit, AuditReport, AuditShard, AuditStatus, shard_spans
 from service.audits.schemas import AuditCreate, AuditOut
 from service.classifiers.models import ModelFile
 from service.db import utcnow
-from service.deps import Reader, SessionDep, Writer
+from service.deps import Reader, SessionDep, SettingsDep, Writer
 from service.idempotency import IdempotencyDep, canonical_hash
 from service.pagination import Page, decode_cursor, newest_first, page_of
 from service.probe_sets.models import ProbeSetFile
@@ -89,6 +89,7 @@ def create_audit(
     body: AuditCreate,
     principal: Writer,
     session: SessionDep,
+    settings: SettingsDep,
     request: Request,
     response: Response,
     idempotency: IdempotencyDep,
@@ -106,15 +107,13 @@ def create_audit(
     replayed = idempotency.replay(session, team_id)
     if replayed is not None:
         return _with_location(replayed)
-    shas = []
-    for row_type, row_id, what in (
-        (ModelFile, body.model_id, "model"),
-        (ProbeSetFile, body.probe_set_id, "probe set"),
-    ):
-        row = TeamFiles(session, team_id, row_type).get(row_id)
-        if row is None:
-            raise HTTPException(404, f"no {what} with id {row_id} in your team")
-        shas.append(row.sha256)
+    model = TeamFiles(session, team_id, ModelFile).get(body.model_id)
+    if model is None:
+        raise HTTPException(404, f"no model with id {body.model_id} in your team")
+    probe_set = TeamFiles(session, team_id, ProbeSetFile).get(body.probe_set_id)
+    if probe_set is None:
+        raise HTTPException(404, f"no probe set with id {body.probe_set_id} in your team")
+    shas = [model.sha256, probe_set.sha256]
     config = body.config.model_dump(mode="json")
     request_hash = canonical_hash(
         {"model_sha256": shas[0], "probe_set_sha256": shas[1], "config": config}
@@ -134,6 +133,11 @@ def create_audit(
         )
         session.add(audit)
         session.flush()
+        spans = shard_spans(probe_set.image_count, settings.shard_probes)
+        session.add_all(
+            AuditShard(audit_id=audit.id, shard=i, probe_start=start, probe_stop=stop)
+            for i, (start, stop) in enumerate(spans)
+        )
         status_code, out = 202, AuditOut.model_validate(audit)
     try:
         idempotency.record(session, team_id, status_code, out.model_dump(mode="json"))
@@ -145,7 +149,8 @@ def create_audit(
             raise
         return _with_location(replayed)
     if status_code == 202:
-        request.app.state.queue.enqueue(audit.id)
+        for shard in range(len(spans)):
+            request.app.state.queue.enqueue(audit.id, shard, device=body.config.runtime.device)
     response.status_code = status_code
     response.headers["Location"] = f"/v1/audits/{audit.id}"
     return out

@@ -1,16 +1,18 @@
-"""The `audits` table (state and summary columns) and `audit_reports` (the full report)."""
+"""`audits` (state and summary columns), `audit_shards` (the units workers claim) and
+`audit_reports` (the full report)."""
 
 from __future__ import annotations
 
 import enum
+import itertools
 import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Enum, Float, ForeignKey, Index, String, Text
+from sqlalchemy import JSON, Enum, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.db import Base, RecordMixin, UTCDateTime
+from service.db import Base, RecordMixin, UTCDateTime, utcnow
 
 
 class AuditStatus(enum.StrEnum):
@@ -63,3 +65,40 @@ class AuditReport(Base):
         ForeignKey("audits.id", ondelete="CASCADE"), primary_key=True
     )
     report: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class AuditShard(Base):
+    """Probes [probe_start, probe_stop) of an audit: what one worker claims and sweeps.
+
+    An audit has one shard unless its probe set is larger than the shard size; the shard's
+    `result` holds its sufficient statistics until the last one merges them into the report.
+    """
+
+    __tablename__ = "audit_shards"
+    __table_args__ = (Index("ix_audit_shards_status_heartbeat", "status", "heartbeat_at"),)
+
+    audit_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("audits.id", ondelete="CASCADE"), primary_key=True
+    )
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    probe_start: Mapped[int] = mapped_column(Integer)
+    probe_stop: Mapped[int] = mapped_column(Integer)
+    status: Mapped[AuditStatus] = mapped_column(
+        Enum(AuditStatus, name="shard_status", values_callable=lambda e: [m.value for m in e]),
+        default=AuditStatus.QUEUED,
+    )
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(200), default=None)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+
+
+def shard_spans(probe_count: int, shard_probes: int) -> list[tuple[int, int]]:
+    """Split probes into near-equal [start, stop) spans of at most `shard_probes` each."""
+    count = max(1, -(-probe_count // shard_probes))
+    edges = [round(i * probe_count / count) for i in range(count + 1)]
+    return list(itertools.pairwise(edges))

@@ -1,84 +1,278 @@
-"""Execute one queued audit: the body of a job, whichever queue delivered it.
+"""Run one shard of a queued audit: the body of a job, whichever queue delivered it.
 
-It runs in a process of its own (the embedded pool's child, later a Celery worker), never in
-the API process: an uploaded model is untrusted code. The database row is the source of
-truth: the job only proceeds from `queued`, and a `cancelled` row stops it at the next
-progress report.
+The database is the source of truth. A job proceeds only by claiming its shard (`queued` ->
+`running` in one conditional UPDATE), so a message delivered twice runs once. The sweep runs
+in a sandboxed child process (`shiftaudit.sandbox`): the uploaded model is untrusted code,
+and this process holds database credentials. While it runs, a heartbeat thread writes
+progress and watches for cancellation; the shard that finishes last merges every shard's
+statistics into the one report, written by a conditional UPDATE that only a running audit
+passes, so an audit gets exactly one report however often its jobs run.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.audits.models import Audit, AuditReport, AuditStatus
+from service.audits.models import Audit, AuditReport, AuditShard, AuditStatus
 from service.classifiers.models import ModelFile
 from service.db import make_engine, session_factory, utcnow
 from service.probe_sets.models import ProbeSetFile
+from service.settings import Settings
 from service.storage import storage_from_url
+from service.worker_cache import ArtifactCache
 from shiftaudit.config import AuditConfig
-from shiftaudit.engine import run_audit
+from shiftaudit.engine import merge_shards
 from shiftaudit.errors import ShiftAuditError
-from shiftaudit.report import Report
+from shiftaudit.report import Report, ShardResult
+from shiftaudit.sandbox import Limits, SandboxError, Stopped, sweep_in_sandbox
 
-# Progress is written at most this often: rows are cheap, but not free at 10 Hz per audit.
-PROGRESS_INTERVAL_S = 1.0
+log = logging.getLogger(__name__)
+
+# Progress and heartbeat are written at most this often: rows are cheap, not free.
+HEARTBEAT_S = 1.0
+# Writing the outcome is retried this long through a database outage before the shard is
+# left to the reconciler (its heartbeat goes stale and it is queued again).
+FINISH_RETRY_S = 120.0
 
 
-class Cancelled(Exception):
-    """The audit's row was set to cancelled while it ran."""
+@dataclass(frozen=True)
+class JobOptions:
+    """How this worker runs jobs: limits, where artifacts are cached, who it is."""
+
+    limits: Limits
+    cache_dir: Path
+    cache_bytes: int
+    worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
-def run_job(audit_id: str, database_url: str, storage_url: str) -> str:
-    """Run audit `audit_id` to a final state; returns that state.
+def job_options(settings: Settings) -> JobOptions:
+    """This machine's job options from the settings."""
+    return JobOptions(
+        limits=Limits(
+            wall_time_s=settings.audit_time_limit_s,
+            memory_bytes=settings.audit_memory_limit_mb * 2**20,
+            limit_address_space=not gpu_present(),
+        ),
+        cache_dir=settings.resolved_worker_cache_dir,
+        cache_bytes=settings.worker_cache_bytes,
+    )
 
-    Takes URLs rather than the settings: a job needs no secrets, so none are passed to it.
+
+def gpu_present() -> bool:
+    """Whether this process may use an NVIDIA GPU, asked without initialising CUDA (a
+    worker must not, before its pool forks)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return gpus.is_dir() and any(gpus.iterdir())
+
+
+def run_shard(
+    audit_id: str, shard: int, database_url: str, storage_url: str, options: JobOptions
+) -> str:
+    """Run one shard of audit `audit_id`; returns the shard's final state.
+
+    Raises OperationalError only when the shard could not be claimed (a transient database
+    outage; the caller retries). Takes URLs rather than the settings: a job needs no secrets.
     """
     engine = make_engine(database_url)
     try:
-        return _run(uuid.UUID(audit_id), storage_url, session_factory(engine)).value
+        job = _Job(uuid.UUID(audit_id), shard, session_factory(engine), options)
+        return job.run(storage_url).value
     finally:
         engine.dispose()
 
 
-def _run(audit_id: uuid.UUID, storage_url: str, sessions: sessionmaker[Session]) -> AuditStatus:
-    with sessions.begin() as session:
-        claimed = session.execute(
-            update(Audit)
-            .where(Audit.id == audit_id, Audit.status == AuditStatus.QUEUED)
-            .values(status=AuditStatus.RUNNING, started_at=utcnow(), heartbeat_at=utcnow())
+class _Job:
+    def __init__(
+        self,
+        audit_id: uuid.UUID,
+        shard: int,
+        sessions: sessionmaker[Session],
+        options: JobOptions,
+    ) -> None:
+        self.audit_id, self.shard, self.sessions, self.options = audit_id, shard, sessions, options
+
+    def run(self, storage_url: str) -> AuditStatus:
+        claimed = self._claim()
+        if claimed is None:
+            return AuditStatus.CANCELLED
+        config, model_sha, probes_sha, span, shards = claimed
+        heartbeat = _Heartbeat(self)
+        heartbeat.start()
+        try:
+            with tempfile.TemporaryDirectory(prefix="shiftaudit-job-") as work:
+                cache = ArtifactCache(
+                    self.options.cache_dir,
+                    storage_from_url(storage_url, tmp_dir=Path(work)),
+                    max_bytes=self.options.cache_bytes,
+                )
+                with cache.use(model_sha) as model, cache.use(probes_sha) as probes:
+                    result = sweep_in_sandbox(
+                        model=model,
+                        probes=probes,
+                        config=config,
+                        span=span,
+                        work_dir=Path(work),
+                        limits=self.options.limits,
+                        on_tick=heartbeat.set_progress,
+                        should_stop=heartbeat.stop_requested.is_set,
+                        tuning_cache=self.options.cache_dir / "tuning",
+                    )
+        except Stopped:
+            heartbeat.stop()
+            return self._settle(AuditStatus.CANCELLED)
+        except (SandboxError, ShiftAuditError) as error:
+            heartbeat.stop()
+            where = f"shard {self.shard + 1} of {shards}: " if shards > 1 else ""
+            return self._fail(f"{where}{error}")
+        except Exception as error:  # storage or the worker itself: this audit fails, not others
+            heartbeat.stop()
+            log.exception("audit %s shard %s failed", self.audit_id, self.shard)
+            return self._fail(f"internal error: {type(error).__name__}: {error}")
+        heartbeat.stop()
+        return self._succeed(result)
+
+    def _claim(self) -> tuple[dict[str, object], str, str, tuple[int, int], int] | None:
+        """Take the shard if it is still queued and its audit still wants it."""
+        with self.sessions.begin() as session:
+            audit = session.get(Audit, self.audit_id)
+            if audit is None or audit.status not in (AuditStatus.QUEUED, AuditStatus.RUNNING):
+                self._update_shard(session, AuditStatus.QUEUED, status=AuditStatus.CANCELLED)
+                return None
+            now = utcnow()
+            claimed = session.execute(
+                update(AuditShard)
+                .where(*self._shard_key(), AuditShard.status == AuditStatus.QUEUED)
+                .values(
+                    status=AuditStatus.RUNNING,
+                    attempts=AuditShard.attempts + 1,
+                    worker=self.options.worker,
+                    started_at=now,
+                    heartbeat_at=now,
+                )
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return None  # taken, finished or cancelled: a redelivered job does nothing
+            session.execute(
+                update(Audit)
+                .where(Audit.id == self.audit_id, Audit.status == AuditStatus.QUEUED)
+                .values(status=AuditStatus.RUNNING, started_at=now, heartbeat_at=now)
+            )
+            row = session.get_one(AuditShard, (self.audit_id, self.shard))
+            shards = session.scalar(
+                select(func.count()).where(AuditShard.audit_id == self.audit_id)
+            )
+            return (
+                audit.config,
+                session.get_one(ModelFile, audit.model_id).sha256,
+                session.get_one(ProbeSetFile, audit.probe_set_id).sha256,
+                (row.probe_start, row.probe_stop),
+                int(shards or 1),
+            )
+
+    def _shard_key(self) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+        return AuditShard.audit_id == self.audit_id, AuditShard.shard == self.shard
+
+    def _update_shard(self, session: Session, *current: AuditStatus, **values: object) -> bool:
+        moved = session.execute(
+            update(AuditShard)
+            .where(*self._shard_key(), AuditShard.status.in_(current))
+            .values(**values)
         )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            # Already taken, finished or cancelled: a redelivered job does nothing.
-            status = session.scalar(select(Audit.status).where(Audit.id == audit_id))
-            return status or AuditStatus.FAILED
-        audit = session.get_one(Audit, audit_id)
-        model_sha = session.get_one(ModelFile, audit.model_id).sha256
-        probes_sha = session.get_one(ProbeSetFile, audit.probe_set_id).sha256
+        return bool(moved.rowcount)  # type: ignore[attr-defined]
+
+    def beat(self, progress: float) -> bool:
+        """Write progress and heartbeat; False when the audit no longer runs (stop)."""
+        now = utcnow()
+        with self.sessions.begin() as session:
+            self._update_shard(
+                session, AuditStatus.RUNNING, progress=round(progress, 4), heartbeat_at=now
+            )
+            average = session.scalar(
+                select(func.avg(AuditShard.progress)).where(AuditShard.audit_id == self.audit_id)
+            )
+            moved = session.execute(
+                update(Audit)
+                .where(Audit.id == self.audit_id, Audit.status == AuditStatus.RUNNING)
+                .values(progress=round(min(float(average or 0.0), 0.99), 4), heartbeat_at=now)
+            )
+        return bool(moved.rowcount)  # type: ignore[attr-defined]
+
+    def _settle(self, status: AuditStatus) -> AuditStatus:
+        _retry(lambda: self._write_shard(status))
+        return status
+
+    def _write_shard(self, status: AuditStatus, result: ShardResult | None = None) -> None:
+        values: dict[str, object] = {"status": status, "finished_at": utcnow()}
+        if result is not None:
+            values |= {"progress": 1.0, "result": result.model_dump(mode="json")}
+        with self.sessions.begin() as session:
+            # From queued too: the reconciler may have re-queued a shard whose heartbeat a
+            # database outage delayed; its result is as good as any other run's.
+            self._update_shard(session, AuditStatus.RUNNING, AuditStatus.QUEUED, **values)
+
+    def _fail(self, error: str) -> AuditStatus:
+        """Fail the shard and its audit (model and input errors are never retried)."""
+
+        def write() -> None:
+            self._write_shard(AuditStatus.FAILED)
+            with self.sessions.begin() as session:
+                session.execute(
+                    update(Audit)
+                    .where(
+                        Audit.id == self.audit_id,
+                        Audit.status.in_([AuditStatus.QUEUED, AuditStatus.RUNNING]),
+                    )
+                    .values(status=AuditStatus.FAILED, finished_at=utcnow(), error=error)
+                )
+
+        _retry(write)
+        return AuditStatus.FAILED
+
+    def _succeed(self, result: ShardResult) -> AuditStatus:
+        _retry(lambda: self._write_shard(AuditStatus.SUCCEEDED, result))
+        _retry(lambda: complete_audit(self.sessions, self.audit_id))
+        return AuditStatus.SUCCEEDED
+
+
+def complete_audit(sessions: sessionmaker[Session], audit_id: uuid.UUID) -> bool:
+    """Merge the shards into the report once every shard has succeeded; True if written.
+
+    Safe to call from anywhere, any number of times: only a running audit can finish, in the
+    same transaction that stores its report.
+    """
+    with sessions() as session:
+        audit = session.get(Audit, audit_id)
+        if audit is None or audit.status is not AuditStatus.RUNNING:
+            return False
+        shards = session.scalars(
+            select(AuditShard).where(AuditShard.audit_id == audit_id).order_by(AuditShard.shard)
+        ).all()
+        if not shards or any(s.status is not AuditStatus.SUCCEEDED for s in shards):
+            return False
         config = AuditConfig.model_validate(audit.config)
-    storage = storage_from_url(storage_url)
+        results = [ShardResult.model_validate(s.result) for s in shards]
     try:
-        with tempfile.TemporaryDirectory(prefix="shiftaudit-job-") as work:
-            model = storage.fetch(model_sha, Path(work) / "model")
-            probes = storage.fetch(probes_sha, Path(work) / "probes")
-            report = run_audit(model, probes, config, progress=_Reporter(audit_id, sessions))
-    except Cancelled:
-        return AuditStatus.CANCELLED
+        report = merge_shards(results, config)
     except ShiftAuditError as error:
-        return _finish(sessions, audit_id, AuditStatus.FAILED, error=str(error))
-    except Exception as error:  # a crash in the model or the engine fails this audit only
-        return _finish(
-            sessions,
-            audit_id,
-            AuditStatus.FAILED,
-            error=f"internal error: {type(error).__name__}: {error}",
-        )
-    return _finish(sessions, audit_id, AuditStatus.SUCCEEDED, report=report)
+        failed = _finish(sessions, audit_id, AuditStatus.FAILED, error=f"merging shards: {error}")
+        return failed is not None
+    return _finish(sessions, audit_id, AuditStatus.SUCCEEDED, report=report) is not None
 
 
 def _finish(
@@ -88,7 +282,7 @@ def _finish(
     *,
     error: str | None = None,
     report: Report | None = None,
-) -> AuditStatus:
+) -> AuditStatus | None:
     """Write the final state once: only a running audit can finish (not a cancelled one)."""
     values: dict[str, object] = {"status": status, "finished_at": utcnow(), "error": error}
     if report is not None:
@@ -110,30 +304,57 @@ def _finish(
             .values(**values)
         )
         if done.rowcount != 1:  # type: ignore[attr-defined]
-            return AuditStatus.CANCELLED
+            return None
         if report is not None:
-            session.merge(AuditReport(audit_id=audit_id, report=report.model_dump(mode="json")))
+            session.add(AuditReport(audit_id=audit_id, report=report.model_dump(mode="json")))
+            # The statistics are in the report now; shards keep only their bookkeeping.
+            session.execute(
+                update(AuditShard).where(AuditShard.audit_id == audit_id).values(result=None)
+            )
     return status
 
 
-class _Reporter:
-    """The engine's progress callback: throttled progress and heartbeat, cancellation check."""
-
-    def __init__(self, audit_id: uuid.UUID, sessions: sessionmaker[Session]) -> None:
-        self.audit_id = audit_id
-        self.sessions = sessions
-        self.last = 0.0
-
-    def __call__(self, fraction: float, stage: str) -> None:
-        now = time.monotonic()
-        if now - self.last < PROGRESS_INTERVAL_S:
+def _retry(write: Callable[[], object], *, budget_s: float = FINISH_RETRY_S) -> None:
+    """Run a database write, retrying through a transient outage with backoff."""
+    deadline, delay = time.monotonic() + budget_s, 0.5
+    while True:
+        try:
+            write()
             return
-        self.last = now
-        with self.sessions.begin() as session:
-            moved = session.execute(
-                update(Audit)
-                .where(Audit.id == self.audit_id, Audit.status == AuditStatus.RUNNING)
-                .values(progress=round(min(fraction, 0.99), 4), heartbeat_at=utcnow())
-            )
-        if moved.rowcount != 1:  # type: ignore[attr-defined]
-            raise Cancelled
+        except OperationalError:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database unavailable; retrying in %.1f s", delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+class _Heartbeat(threading.Thread):
+    """Writes progress and heartbeat every HEARTBEAT_S, from claim to outcome.
+
+    A write that fails (the database is briefly down) is skipped, not fatal: the sweep goes
+    on, and the next beat catches up. When the audit is no longer running (cancelled, or
+    failed by another shard) it asks the sweep to stop.
+    """
+
+    def __init__(self, job: _Job) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{job.audit_id}-{job.shard}")
+        self.job = job
+        self.progress = 0.0
+        self.stop_requested = threading.Event()
+        self._done = threading.Event()
+
+    def set_progress(self, progress: float) -> None:
+        self.progress = progress
+
+    def run(self) -> None:
+        while not self._done.wait(HEARTBEAT_S):
+            try:
+                if not self.job.beat(self.progress):
+                    self.stop_requested.set()
+            except OperationalError as error:
+                log.warning("heartbeat skipped, database unavailable: %s", error.orig)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()

@@ -7,36 +7,23 @@ SHIFTAUDIT_TEST_POSTGRES_URL to point elsewhere.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from service.app import create_app
 from service.migrate import downgrade, upgrade
 from service.settings import Settings
 from service.teams.models import Scope
 from service.teams.repository import create_key, get_or_create_team
-
-ADMIN_URL = os.environ.get(
-    "SHIFTAUDIT_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+from tests.postgres import fresh_database
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    name = f"shiftaudit_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database() as url:
+        yield url
 
 
 class RecordingQueue:
@@ -45,8 +32,11 @@ class RecordingQueue:
     def __init__(self) -> None:
         self.enqueued: list[uuid.UUID] = []
 
-    def enqueue(self, audit_id: uuid.UUID) -> None:
+    def enqueue(self, audit_id: uuid.UUID, shard: int, *, device: str) -> None:
         self.enqueued.append(audit_id)
+
+    def waiting(self) -> set[str]:
+        return set()
 
     def ping(self) -> None:
         pass

@@ -1,7 +1,7 @@
 """The Celery side of the queue boundary, on the machines' real Redis (its own DB number).
 
-The API only produces: a committed audit becomes one `shiftaudit.run_audit` message on the
-`audits` queue. Consuming it is the workers' job.
+The API only produces: a committed audit becomes one `shiftaudit.run_shard` message per shard
+on the queue of its device. Consuming them is the workers' job (tests/workers).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.queue import AUDIT_QUEUE, RUN_AUDIT_TASK, CeleryQueue
+from service.queue import ANY_QUEUE, RUN_SHARD_TASK, CeleryQueue
 from service.settings import Settings
 
 from . import test_audits_api as audits_api
@@ -45,11 +45,12 @@ def test_a_committed_audit_becomes_one_message_for_the_workers(app_and_keys, inp
         json={"model_id": model_id, "probe_set_id": probe_set_id},
     )
     assert created.status_code == 202
-    messages = [json.loads(raw) for raw in broker.lrange(AUDIT_QUEUE, 0, -1)]
+    messages = [json.loads(raw) for raw in broker.lrange(ANY_QUEUE, 0, -1)]  # device auto
     assert len(messages) == 1
     headers = messages[0]["headers"]
-    assert headers["task"] == RUN_AUDIT_TASK
-    assert created.json()["id"] in headers["argsrepr"]
+    assert headers["task"] == RUN_SHARD_TASK
+    assert headers["id"] == f"{created.json()['id']}/0"
+    assert app.state.queue.waiting() == {headers["id"]}
     assert created.json()["status"] == "queued"  # nothing runs in the API process
 
 

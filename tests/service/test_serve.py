@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 
-from .conftest import ADMIN_URL
+from tests.postgres import ADMIN_URL
 
 
 def _free_port() -> int:

@@ -1,0 +1,169 @@
+"""The reconciler: make the broker agree with the database, which is the source of truth.
+
+One pass (every `reconcile_interval_s`):
+- a running shard whose heartbeat is older than `heartbeat_timeout_s` lost its worker: it is
+  queued again (or its audit fails after `max_attempts` runs);
+- a queued shard whose message is not waiting in the broker (Redis keeps nothing on disk, so
+  a restart loses every queued message) is sent again;
+- a running audit whose shards all succeeded but whose merge never happened (the worker died
+  in between) is merged here.
+A duplicate message costs nothing: a worker runs a shard only by claiming it in the database.
+With Celery it runs as its own small process (`shiftaudit reconciler`) rather than as a beat
+task, which could wait behind hours-long audits on busy workers; the embedded service runs it
+in a thread. It reads and writes rows only: no model is ever loaded here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.audits.models import Audit, AuditShard, AuditStatus
+from service.audits.runner import complete_audit
+from service.db import make_engine, session_factory, utcnow
+from service.queue import AuditQueue, job_id, queue_from_settings
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+_OPEN = (AuditStatus.QUEUED, AuditStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class Policy:
+    stale_after: timedelta  # a heartbeat older than this means the worker is gone
+    resend_after: timedelta  # a queued shard's message may be in flight this long
+    max_attempts: int
+
+
+def reconcile_once(
+    sessions: sessionmaker[Session], queue: AuditQueue, policy: Policy, *, now: datetime
+) -> Counter[str]:
+    """One pass; returns what it did, by kind."""
+    done: Counter[str] = Counter()
+    resend: list[tuple[AuditShard, str]] = []
+    with sessions.begin() as session:
+        for shard, audit in _stale_running(session, now - policy.stale_after):
+            if audit.status not in _OPEN:
+                _move(session, shard, AuditStatus.RUNNING, status=AuditStatus.CANCELLED)
+            elif shard.attempts >= policy.max_attempts:
+                _move(session, shard, AuditStatus.RUNNING, status=AuditStatus.FAILED)
+                session.execute(
+                    update(Audit)
+                    .where(Audit.id == audit.id, Audit.status.in_(_OPEN))
+                    .values(
+                        status=AuditStatus.FAILED,
+                        finished_at=now,
+                        error=f"lost its worker {shard.attempts} times (last: {shard.worker})",
+                    )
+                )
+                done["failed"] += 1
+            elif _move(
+                session,
+                shard,
+                AuditStatus.RUNNING,
+                status=AuditStatus.QUEUED,
+                progress=0.0,
+                queued_at=now,
+            ):
+                resend.append((shard, audit.config["runtime"]["device"]))
+                done["requeued"] += 1
+        waiting = queue.waiting()
+        if waiting is not None:
+            for shard, audit in _queued_before(session, now - policy.resend_after):
+                if job_id(shard.audit_id, shard.shard) not in waiting:
+                    _move(session, shard, AuditStatus.QUEUED, queued_at=now)
+                    resend.append((shard, audit.config["runtime"]["device"]))
+                    done["resent"] += 1
+        merged = session.scalars(
+            select(Audit.id).where(
+                Audit.status == AuditStatus.RUNNING,
+                Audit.heartbeat_at < now - policy.stale_after,
+                ~Audit.id.in_(
+                    select(AuditShard.audit_id).where(AuditShard.status != AuditStatus.SUCCEEDED)
+                ),
+            )
+        ).all()
+    # Messages only after the commit: a worker must find the shard queued.
+    for shard, device in resend:
+        queue.enqueue(shard.audit_id, shard.shard, device=device)
+    for audit_id in merged:
+        done["merged"] += complete_audit(sessions, audit_id)
+    return done
+
+
+def _stale_running(session: Session, cutoff: datetime) -> list[tuple[AuditShard, Audit]]:
+    rows = session.execute(
+        select(AuditShard, Audit)
+        .join(Audit, Audit.id == AuditShard.audit_id)
+        .where(AuditShard.status == AuditStatus.RUNNING, AuditShard.heartbeat_at < cutoff)
+    ).all()
+    return [(shard, audit) for shard, audit in rows]
+
+
+def _queued_before(session: Session, cutoff: datetime) -> list[tuple[AuditShard, Audit]]:
+    rows = session.execute(
+        select(AuditShard, Audit)
+        .join(Audit, Audit.id == AuditShard.audit_id)
+        .where(
+            AuditShard.status == AuditStatus.QUEUED,
+            AuditShard.queued_at < cutoff,
+            Audit.status.in_(_OPEN),
+        )
+    ).all()
+    return [(shard, audit) for shard, audit in rows]
+
+
+def _move(session: Session, shard: AuditShard, current: AuditStatus, **values: object) -> bool:
+    """Update a shard only if it is still in `current` (a worker may have moved it)."""
+    moved = session.execute(
+        update(AuditShard)
+        .where(
+            AuditShard.audit_id == shard.audit_id,
+            AuditShard.shard == shard.shard,
+            AuditShard.status == current,
+        )
+        .values(**values)
+    )
+    return bool(moved.rowcount)  # type: ignore[attr-defined]
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        stale_after=timedelta(seconds=settings.heartbeat_timeout_s),
+        resend_after=timedelta(seconds=settings.resend_after_s),
+        max_attempts=settings.max_attempts,
+    )
+
+
+def run_reconciler(settings: Settings, *, once: bool = False) -> None:
+    """Reconcile every `reconcile_interval_s` until killed; a failed pass is logged, retried."""
+    if not settings.redis_url:
+        raise SystemExit(
+            "the reconciler process is for Celery deployments (set REDIS_URL); "
+            "the embedded service reconciles by itself"
+        )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    engine = make_engine(settings.resolved_database_url)
+    sessions = session_factory(engine)
+    queue = queue_from_settings(settings)
+    policy = policy_from(settings)
+    try:
+        while True:
+            try:
+                done = reconcile_once(sessions, queue, policy, now=utcnow())
+                if done:
+                    log.info("reconciled: %s", dict(done))
+            except Exception:  # the database or Redis is down: try again next interval
+                log.exception("reconcile pass failed")
+            if once:
+                return
+            time.sleep(settings.reconcile_interval_s)
+    finally:
+        queue.close()
+        engine.dispose()

@@ -1,0 +1,53 @@
+"""A worker's local cache of artifacts, by sha256, verified before every use.
+
+Workers fetch each model and probe set from the artifact storage once, not once per audit.
+A cached file is hashed again before each use: a sandboxed sweep runs untrusted code that
+could have modified it, and a tampered file must be fetched again, never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from service.storage import ArtifactStorage
+
+
+class ArtifactCache:
+    """Files at `directory/sha256`; least recently used ones go beyond `max_bytes`."""
+
+    def __init__(self, directory: Path, storage: ArtifactStorage, *, max_bytes: int) -> None:
+        self.directory = directory
+        self.storage = storage
+        self.max_bytes = max_bytes
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def use(self, sha256: str) -> Iterator[Path]:
+        """The verified local copy of object `sha256`, fetched if missing or altered."""
+        path = self.directory / sha256
+        if not (path.is_file() and _sha256(path) == sha256):
+            self.storage.fetch(sha256, path)  # verifies while copying, renames into place
+        os.utime(path)  # marks it recently used
+        self._evict(keep=path)
+        yield path
+
+    def _evict(self, *, keep: Path) -> None:
+        files = [p for p in self.directory.iterdir() if p.is_file() and p != keep]
+        total = keep.stat().st_size + sum(p.stat().st_size for p in files)
+        for path in sorted(files, key=lambda p: p.stat().st_mtime):
+            if total <= self.max_bytes:
+                break
+            total -= path.stat().st_size
+            path.unlink(missing_ok=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

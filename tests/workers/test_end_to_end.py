@@ -1,0 +1,90 @@
+"""API -> Redis -> worker process -> PostgreSQL -> API, on real services."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from shiftaudit.config import AuditConfig
+from shiftaudit.engine import run_audit
+from tests.nets import AliasingNet, export_program, noise_probes
+
+from .conftest import CONFIG, zip_probes
+
+VOLATILE = {"wall_time_s", "stage_seconds", "started_at", "shards"}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    model = export_program(AliasingNet(seed=4), root / "model.pt2")
+    return model, zip_probes(noise_probes(root / "probes", 24, labels=6))
+
+
+def _strip(report):
+    return {
+        **report,
+        "provenance": {k: v for k, v in report["provenance"].items() if k not in VOLATILE},
+    }
+
+
+def test_an_audit_runs_on_a_worker_and_its_report_is_served(deploy, inputs):
+    deployment = deploy()
+    deployment.start_worker("w1")
+    audit_id = deployment.submit(*deployment.upload(*inputs))
+    audit = deployment.wait(audit_id)
+    assert audit["status"] == "succeeded", audit
+    assert audit["progress"] == 1.0
+    report = deployment.report(audit_id)
+    local = run_audit(*inputs, AuditConfig.model_validate(CONFIG)).model_dump(mode="json")
+    assert _strip(report) == _strip(local)
+    (shard,) = deployment.shards(audit_id)
+    assert (shard.status.value, shard.attempts, shard.worker) == ("succeeded", 1, shard.worker)
+    assert shard.worker is not None and shard.worker.startswith("w1@test")
+
+
+def test_a_sharded_audit_runs_on_two_workers_at_once_and_equals_the_unsharded_one(
+    deploy, inputs
+):
+    deployment = deploy()
+    deployment.start_worker("w1")
+    deployment.start_worker("w2")
+    model_id, probe_set_id = deployment.upload(*inputs)
+    whole_id = deployment.submit(model_id, probe_set_id)
+    assert deployment.wait(whole_id)["status"] == "succeeded"
+    deployment.settings.shard_probes = 8  # 24 probes: three shards
+    sharded_id = deployment.submit(model_id, probe_set_id)
+    assert deployment.wait(sharded_id)["status"] == "succeeded"
+    shards = deployment.shards(sharded_id)
+    assert [(s.probe_start, s.probe_stop) for s in shards] == [(0, 8), (8, 16), (16, 24)]
+    assert {s.worker.split("@")[0] for s in shards if s.worker} == {"w1", "w2"}
+    overlapping = [
+        (a.shard, b.shard)
+        for a in shards
+        for b in shards
+        if a.worker != b.worker and a.started_at < b.finished_at and b.started_at < a.finished_at
+    ]
+    assert overlapping, "the two workers never swept at the same time"
+    sharded, whole = deployment.report(sharded_id), deployment.report(whole_id)
+    assert _strip(sharded) == _strip(whole)
+    assert (sharded["provenance"]["shards"], whole["provenance"]["shards"]) == (3, 1)
+    assert all(s.result is None for s in shards), "merged statistics are not kept twice"
+
+
+def test_an_audit_is_routed_by_device_and_a_cpu_worker_never_takes_a_gpu_audit(
+    deploy, inputs
+):
+    deployment = deploy()
+    deployment.start_worker("cpu1", device="cpu")
+    model_id, probe_set_id = deployment.upload(*inputs)
+    gpu_id = deployment.submit(
+        model_id, probe_set_id, {**CONFIG, "runtime": {"batch_size": 25, "device": "cuda"}}
+    )
+    auto_id = deployment.submit(
+        model_id, probe_set_id, {**CONFIG, "runtime": {"batch_size": 25, "device": "auto"}}
+    )
+    assert deployment.wait(auto_id)["status"] == "succeeded"  # auto may run on a CPU
+    time.sleep(2)
+    assert deployment.audit(gpu_id)["status"] == "queued"
+    assert deployment.app.state.queue.waiting() == {f"{gpu_id}/0"}

@@ -1,0 +1,78 @@
+"""`shiftaudit worker` and `shiftaudit reconciler`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from typing import Any
+
+from service.audits.runner import gpu_present
+from service.queue import ANY_QUEUE, CPU_QUEUE, GPU_QUEUE
+from service.settings import get_settings
+
+
+def register(commands: Any) -> None:
+    """Add `worker` and `reconciler` to the shiftaudit CLI."""
+    worker = commands.add_parser(
+        "worker", help="run audits from Redis (one worker process per GPU)"
+    )
+    worker.add_argument(
+        "--device",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="which audits to take: gpu takes GPU and device-auto audits, cpu takes CPU and "
+        "device-auto audits; auto: gpu when this machine has a visible NVIDIA GPU",
+    )
+    worker.add_argument(
+        "--gpu", help="the GPU index this worker owns (sets CUDA_VISIBLE_DEVICES for it)"
+    )
+    worker.add_argument(
+        "--queues", help="comma-separated queues instead of the device's (e.g. per GPU type)"
+    )
+    worker.add_argument("--name", help="worker name (default: device@host)")
+    worker.add_argument("--loglevel", default="INFO")
+    worker.set_defaults(handler=_worker)
+    reconciler = commands.add_parser(
+        "reconciler", help="re-queue audits whose worker died or whose message was lost"
+    )
+    reconciler.add_argument("--once", action="store_true", help="one pass, then exit")
+    reconciler.set_defaults(handler=_reconciler)
+
+
+def worker_queues(device: str) -> list[str]:
+    """The queues a worker on `device` consumes: its own and the device-agnostic one."""
+    return [GPU_QUEUE if device == "gpu" else CPU_QUEUE, ANY_QUEUE]
+
+
+def _worker(args: argparse.Namespace) -> int:
+    if args.gpu is not None:
+        # Set before anything could initialise CUDA; the sandboxed sweeps inherit it.
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
+    device = args.device if args.device != "auto" else ("gpu" if gpu_present() else "cpu")
+    queues = args.queues.split(",") if args.queues else worker_queues(device)
+    from workers.app import create_celery
+
+    name = args.name or f"{device}{'' if args.gpu is None else args.gpu}@{socket.gethostname()}"
+    app = create_celery(get_settings(), worker_name=name)
+    # Solo pool: one shard at a time, run from the worker's main process, which never
+    # touches CUDA itself (the sandboxed sweep does) and so has nothing to fork.
+    app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            f"--queues={','.join(queues)}",
+            f"--hostname={name}",
+            f"--loglevel={args.loglevel}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+    return 0
+
+
+def _reconciler(args: argparse.Namespace) -> int:
+    from service.audits.reconciler import run_reconciler
+
+    run_reconciler(get_settings(), once=args.once)
+    return 0
