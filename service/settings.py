@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     audit_memory_limit_mb: int = Field(
         16384,
         ge=1024,
-        description="Memory limit of one sweep process (address space on CPU, "
-        "resident memory on GPU workers).",
+        description="Memory limit of one sweep process (data size and resident "
+        "memory on CPU workers, resident memory on GPU workers).",
     )
     heartbeat_timeout_s: float = Field(
         120,

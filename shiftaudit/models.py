@@ -51,6 +51,18 @@ __all__ = [
 ]
 
 
+_OUT_OF_MEMORY = re.compile(
+    r"out of memory|can't allocate|cannot allocate|failed to allocate|bad_alloc", re.IGNORECASE
+)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether an error means memory ran out (rather than that the input was wrong)."""
+    return isinstance(error, MemoryError | torch.OutOfMemoryError) or bool(
+        _OUT_OF_MEMORY.search(str(error))
+    )
+
+
 class ModelFormat(StrEnum):
     """Model file formats accepted for auditing."""
 
@@ -388,12 +400,17 @@ class LoadedModel:
         return _logits(out), layers
 
     def _guarded(self, fn: Any, x: torch.Tensor) -> Any:
-        """Run ``fn`` and turn runtime failures into a ModelError naming both shapes."""
+        """Run ``fn`` and turn runtime failures into a ModelError naming both shapes.
+
+        Running out of memory is not a shape error: it propagates as it is.
+        """
         try:
             return fn(x.detach().to(self.device, torch.float32))
         except ModelError:
             raise
         except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
             d = self.declared
             raise ModelError(
                 f"{self.format} model failed on input of shape {tuple(x.shape)}; it expects "

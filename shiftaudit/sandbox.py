@@ -2,8 +2,8 @@
 
 The child starts from a fresh interpreter (never a fork: no inherited CUDA context, database
 connection or secret) with an allow-listed environment, runs in its own temporary directory
-and session, and dies with its parent. The parent enforces the limits: address space (set in
-the child before torch is imported), resident memory and wall time; a crash, a hang or a
+and session, and dies with its parent. The limits: data size (set in the child before torch
+is imported), resident memory and wall time; a crash, a hang or a
 runaway allocation becomes a `SandboxError` that names what happened.
 
 Run as `python -m shiftaudit.sandbox JOB.json`: progress goes to stdout, one fraction per line;
@@ -43,17 +43,22 @@ PASSED_ENVIRONMENT = (
 )
 _INPUT_ERROR_EXIT = 3
 _MEMORY_EXIT = 4
-_MEMORY_MESSAGE = re.compile(r"out of memory|can't allocate|cannot allocate|bad_alloc", re.I)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one sweep may use. Address space is limited only on CPU: CUDA reserves far more
-    virtual memory than it touches, so a GPU sweep is held to resident memory instead."""
+    """What one sweep may use.
+
+    Memory is held twice: the kernel refuses allocations past RLIMIT_DATA (heap and private
+    writable mappings; unlike RLIMIT_AS it does not count reserved address space, which
+    torch's threads and shared libraries have plenty of), and the parent kills a child whose
+    resident memory passes the limit. On GPU workers only the second applies: the CUDA
+    driver's private mappings would count against RLIMIT_DATA.
+    """
 
     wall_time_s: float
     memory_bytes: int | None = None
-    limit_address_space: bool = True
+    limit_data: bool = True
 
 
 class SandboxError(Exception):
@@ -91,7 +96,7 @@ def sweep_in_sandbox(
                 "config": config,
                 "span": span,
                 "tuning_cache": None if tuning_cache is None else str(tuning_cache),
-                "address_space": limits.memory_bytes if limits.limit_address_space else None,
+                "data_limit": limits.memory_bytes if limits.limit_data else None,
                 "parent": os.getpid(),
             }
         )
@@ -224,15 +229,16 @@ def _die_with_parent(parent: int) -> None:
 def _child(job_path: Path) -> int:
     job = json.loads(job_path.read_text())
     _die_with_parent(job["parent"])
-    if job["address_space"] is not None:
+    if job["data_limit"] is not None:
         import resource
 
-        limit = int(job["address_space"])
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        limit = int(job["data_limit"])
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     # Imported only now, under the limit.
     from .config import AuditConfig
     from .engine import sweep_shard
     from .errors import ShiftAuditError
+    from .models import is_out_of_memory
 
     last = 0.0
 
@@ -255,10 +261,8 @@ def _child(job_path: Path) -> int:
     except ShiftAuditError as error:
         (out / "error.json").write_text(json.dumps({"message": str(error)}))
         return _INPUT_ERROR_EXIT
-    except MemoryError:
-        return _MEMORY_EXIT
-    except RuntimeError as error:
-        if _MEMORY_MESSAGE.search(str(error)):
+    except Exception as error:
+        if is_out_of_memory(error):
             return _MEMORY_EXIT
         raise
     (out / "result.json").write_text(result.model_dump_json())

@@ -15,15 +15,15 @@ class GlobalPoolNet(nn.Module):
     """Circular stride-1 convs + global average pooling: exactly invariant to circular shifts.
 
     With `stride=2` the first layer samples every other pixel, so the net is invariant to even
-    circular shifts only (period 2).
+    circular shifts only (period 2). A large `width` makes a net slow enough to interrupt.
     """
 
-    def __init__(self, stride: int = 1, classes: int = 5, seed: int = 0):
+    def __init__(self, stride: int = 1, classes: int = 5, seed: int = 0, width: int = 16):
         super().__init__()
         torch.manual_seed(seed)
-        self.first = nn.Conv2d(3, 8, 3, stride=stride, padding=1, padding_mode="circular")
-        self.second = nn.Conv2d(8, 16, 3, padding=1, padding_mode="circular")
-        self.head = nn.Linear(16, classes)
+        self.first = nn.Conv2d(3, width // 2, 3, stride=stride, padding=1, padding_mode="circular")
+        self.second = nn.Conv2d(width // 2, width, 3, padding=1, padding_mode="circular")
+        self.head = nn.Linear(width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.first(x))

@@ -35,7 +35,6 @@ def create_celery(settings: Settings, *, worker_name: str | None = None) -> Cele
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a restarting Redis is waited for, not fatal
         task_ignore_result=True,  # results live in the database
-        worker_hijack_root_logger=False,
     )
     options = job_options(settings)
     if worker_name is not None:

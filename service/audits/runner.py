@@ -64,7 +64,7 @@ def job_options(settings: Settings) -> JobOptions:
         limits=Limits(
             wall_time_s=settings.audit_time_limit_s,
             memory_bytes=settings.audit_memory_limit_mb * 2**20,
-            limit_address_space=not gpu_present(),
+            limit_data=not gpu_present(),
         ),
         cache_dir=settings.resolved_worker_cache_dir,
         cache_bytes=settings.worker_cache_bytes,

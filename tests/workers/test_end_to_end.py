@@ -41,12 +41,11 @@ def test_an_audit_runs_on_a_worker_and_its_report_is_served(deploy, inputs):
     assert _strip(report) == _strip(local)
     (shard,) = deployment.shards(audit_id)
     assert (shard.status.value, shard.attempts, shard.worker) == ("succeeded", 1, shard.worker)
-    assert shard.worker is not None and shard.worker.startswith("w1@test")
+    assert shard.worker is not None
+    assert shard.worker.startswith("w1@test")
 
 
-def test_a_sharded_audit_runs_on_two_workers_at_once_and_equals_the_unsharded_one(
-    deploy, inputs
-):
+def test_a_sharded_audit_runs_on_two_workers_at_once_and_equals_the_unsharded_one(deploy, inputs):
     deployment = deploy()
     deployment.start_worker("w1")
     deployment.start_worker("w2")
@@ -72,9 +71,7 @@ def test_a_sharded_audit_runs_on_two_workers_at_once_and_equals_the_unsharded_on
     assert all(s.result is None for s in shards), "merged statistics are not kept twice"
 
 
-def test_an_audit_is_routed_by_device_and_a_cpu_worker_never_takes_a_gpu_audit(
-    deploy, inputs
-):
+def test_an_audit_is_routed_by_device_and_a_cpu_worker_never_takes_a_gpu_audit(deploy, inputs):
     deployment = deploy()
     deployment.start_worker("cpu1", device="cpu")
     model_id, probe_set_id = deployment.upload(*inputs)

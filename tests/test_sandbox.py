@@ -1,0 +1,99 @@
+"""The sandboxed sweep: the same numbers as in-process, nothing of the parent's secrets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from shiftaudit.config import AuditConfig
+from shiftaudit.engine import sweep_shard
+from shiftaudit.sandbox import Limits, SandboxError, Stopped, sweep_in_sandbox
+
+from .hostile_models import endless_model
+from .nets import AliasingNet, export_program, noise_probes
+
+CONFIG = {
+    "preprocess": {"input_size": [16, 16], "resize": 16},
+    "sweep": {"mode": "circular", "max_shift": 2},
+    "runtime": {"batch_size": 25, "device": "cpu"},
+    "bootstrap": 50,
+}
+VOLATILE = {"wall_time_s", "stage_seconds", "started_at"}
+
+
+def _sweep(model: Path, probes: Path, work: Path, **kwargs):
+    work.mkdir()
+    options = {"on_tick": lambda progress: None, "should_stop": lambda: False} | kwargs
+    return sweep_in_sandbox(
+        model=model,
+        probes=probes,
+        config=CONFIG,
+        span=(2, 9),
+        work_dir=work,
+        limits=Limits(wall_time_s=120, memory_bytes=2 * 2**30),
+        **options,
+    )
+
+
+def test_a_sandboxed_shard_equals_the_in_process_one(tmp_path):
+    model = export_program(AliasingNet(), tmp_path / "m.pt2")
+    probes = noise_probes(tmp_path / "probes", 10, labels=6)
+    ticks: list[float] = []
+    result = _sweep(model, probes, tmp_path / "work", on_tick=ticks.append, tick_s=0.05)
+    local = sweep_shard(model, probes, AuditConfig.model_validate(CONFIG), probes=(2, 9))
+    assert result.model_dump(exclude=VOLATILE) == local.model_dump(exclude=VOLATILE)
+    assert ticks == sorted(ticks)
+
+
+def test_the_sweep_sees_none_of_the_parents_secrets(tmp_path, monkeypatch):
+    secrets = {
+        "DATABASE_URL": "postgresql://user:hunter2@db/prod",
+        "SHIFTAUDIT_SECRET_KEY": "s" * 40,
+        "AWS_SECRET_ACCESS_KEY": "aws-secret",
+    }
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    seen: dict[str, str] = {}
+
+    def inspect_child() -> bool:
+        for child in _children():
+            raw = (child / "environ").read_bytes().split(b"\0")
+            seen.update(entry.decode().split("=", 1) for entry in raw if b"=" in entry)
+        return bool(seen)  # stop once the child's environment has been read
+
+    with pytest.raises(Stopped):
+        _sweep(
+            endless_model(tmp_path),
+            noise_probes(tmp_path / "probes", 10),
+            tmp_path / "work",
+            should_stop=inspect_child,
+        )
+    assert seen["HOME"] == seen["TMPDIR"] == str(tmp_path / "work")
+    assert not set(secrets) & set(seen)
+    assert not any(value in "".join(seen.values()) for value in secrets.values())
+    assert not list(_children()), "the stopped sweep was killed"
+
+
+def test_refused_probes_are_an_input_error(tmp_path):
+    model = export_program(AliasingNet(), tmp_path / "m.pt2")
+    (tmp_path / "probes").mkdir()
+    (tmp_path / "probes" / "a.png").write_bytes(b"not a png")
+    with pytest.raises(SandboxError, match=r"a\.png") as raised:
+        _sweep(model, tmp_path / "probes", tmp_path / "work")
+    assert raised.value.input_error
+
+
+def _children():
+    """Live sandboxed sweeps started by this process."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().split(") ", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == os.getpid() and stat[0] != "Z" and b"shiftaudit.sandbox" in command:
+            yield entry
