@@ -118,10 +118,11 @@ class RuntimeConfig(_Strict):
         None, description="Fixed model batch size; unset: measured once per model and device."
     )
     threads: Annotated[int, Field(ge=1, le=512)] | None = None
-    precision: Literal["fp32", "tf32"] = Field(
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = Field(
         "fp32",
-        description="CUDA matmul/convolution precision for torch models; tf32 is faster on "
-        "Ampere and later but rounds inputs to 10 mantissa bits. No effect on CPU.",
+        description="tf32: TensorFloat-32 CUDA matmuls and convolutions (10 mantissa bits; "
+        "no effect on CPU). bf16, fp16: mixed precision (autocast) for torch models on any "
+        "device. ONNX models always run as exported. The report records what applied.",
     )
 
 

@@ -21,7 +21,7 @@ from .config import AuditConfig, PreprocessConfig
 from .errors import ConfigError
 from .layers import equivariance_profile
 from .metrics import ChunkStats, SweepAccumulator
-from .models import LoadedModel, check_input_shape, load_model
+from .models import LoadedModel, ModelFormat, check_input_shape, load_model
 from .preprocess import (
     Normaliser,
     fit,
@@ -98,7 +98,10 @@ def sweep_shard(
         plan = plan_shifts(config.sweep, size)
         per_probe = len(_shift_columns(plan, config, 0))
         stages.lap("load")
-        with torch.inference_mode(), cuda_precision(config.runtime.precision):
+        with (
+            torch.inference_mode(),
+            precision_scope(config.runtime.precision, model) as precision,
+        ):
             tuning = choose(
                 model,
                 model_sha256=model_sha,
@@ -131,6 +134,7 @@ def sweep_shard(
             num_classes=num_classes,
             layers=layers,
             statistics=accumulator.state(),
+            precision=precision,
             model_sha256=model_sha,
             model_format=model.format.value,
             probe_set_sha256=probe_set.sha256,
@@ -206,6 +210,7 @@ def merge_shards(shards: Sequence[ShardResult], config: AuditConfig) -> Report:
         batch_size=first.batch_size,
         memory_format=first.memory_format,
         execution_provider=first.execution_provider,
+        precision=first.precision,
         shards=len(ordered),
         wall_time_s=round(max(shard.wall_time_s for shard in ordered) + statistics_s, 3),
         stage_seconds=stage_seconds,
@@ -226,15 +231,28 @@ def merge_shards(shards: Sequence[ShardResult], config: AuditConfig) -> Report:
 
 
 @contextmanager
-def cuda_precision(precision: str) -> Iterator[None]:
-    """Allow TF32 in CUDA matmuls and convolutions only when asked, restoring the flags."""
+def precision_scope(precision: str, model: LoadedModel) -> Iterator[str]:
+    """Run the model at `precision`; yields the precision that actually applies.
+
+    tf32 allows TensorFloat-32 in CUDA matmuls and convolutions (restored on exit); bf16 and
+    fp16 run torch models under autocast on their device. ONNX models run as exported.
+    """
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    allow = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allow
+    cuda = model.device.type == "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = (
+        precision == "tf32" and cuda
+    )
     try:
-        yield
+        if precision in _AUTOCAST and model.format is not ModelFormat.ONNX:
+            with torch.autocast(model.device.type, dtype=_AUTOCAST[precision]):
+                yield precision
+        else:
+            yield "tf32" if precision == "tf32" and cuda else "fp32"
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class _StageClock:

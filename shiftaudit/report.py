@@ -128,6 +128,11 @@ class Provenance(_Frozen):
     batch_size: int
     memory_format: Literal["contiguous", "channels_last"]
     execution_provider: str | None
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="What the model ran at: runtime.precision where it applies (autocast for "
+        "torch models, TF32 on CUDA), else fp32; added in 1.1.",
+    )
     shards: int = Field(
         1,
         ge=1,
@@ -170,6 +175,7 @@ class ShardResult(_Frozen):
     num_classes: int
     layers: LayerProfile | None = Field(description="Measured by the shard holding probe 0.")
     statistics: dict[str, Any] = Field(description="SweepAccumulator.state()")
+    precision: Literal["fp32", "tf32", "bf16", "fp16"]
     model_sha256: str
     model_format: str
     probe_set_sha256: str

@@ -380,3 +380,23 @@ def test_every_family_runs_end_to_end_with_a_sane_report(tmp_path, probes, sweep
     assert consistency.ci_low <= consistency.value <= consistency.ci_high
     if "shifts" in sweep:
         assert len(shifts) == len(sweep["shifts"]) + 1  # (0, 0) added
+
+
+def test_mixed_precision_applies_to_torch_models_and_the_report_says_what_ran(
+    tmp_path, probes
+):
+    paths = export_all(AliasingNet(), tmp_path)
+    config = _config(mode="circular")
+    mixed = config.model_copy(
+        update={"runtime": config.runtime.model_copy(update={"precision": "bf16"})}
+    )
+    full = run_audit(paths["torch_export"], probes, config)
+    half = run_audit(paths["torch_export"], probes, mixed)
+    assert (full.provenance.precision, half.provenance.precision) == ("fp32", "bf16")
+    # bfloat16 keeps 8 mantissa bits: the probabilities move, the predictions hardly.
+    assert half.summary.all.mean_kl.value != full.summary.all.mean_kl.value
+    assert half.summary.all.consistency.value == pytest.approx(
+        full.summary.all.consistency.value, abs=0.05
+    )
+    onnx = run_audit(paths["onnx"], probes, mixed)
+    assert onnx.provenance.precision == "fp32"  # ONNX runs as exported
