@@ -382,9 +382,7 @@ def test_every_family_runs_end_to_end_with_a_sane_report(tmp_path, probes, sweep
         assert len(shifts) == len(sweep["shifts"]) + 1  # (0, 0) added
 
 
-def test_mixed_precision_applies_to_torch_models_and_the_report_says_what_ran(
-    tmp_path, probes
-):
+def test_mixed_precision_applies_to_torch_models_and_the_report_says_what_ran(tmp_path, probes):
     paths = export_all(AliasingNet(), tmp_path)
     config = _config(mode="circular")
     mixed = config.model_copy(

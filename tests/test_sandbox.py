@@ -55,6 +55,7 @@ def test_the_sweep_sees_none_of_the_parents_secrets(tmp_path, monkeypatch):
     }
     for name, value in secrets.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a worker's GPU assignment is passed on
     seen: dict[str, str] = {}
 
     def inspect_child() -> bool:
@@ -71,6 +72,7 @@ def test_the_sweep_sees_none_of_the_parents_secrets(tmp_path, monkeypatch):
             should_stop=inspect_child,
         )
     assert seen["HOME"] == seen["TMPDIR"] == str(tmp_path / "work")
+    assert seen["CUDA_VISIBLE_DEVICES"] == ""
     assert not set(secrets) & set(seen)
     assert not any(value in "".join(seen.values()) for value in secrets.values())
     assert not list(_children()), "the stopped sweep was killed"

@@ -109,8 +109,8 @@ class _Job:
 
     def run(self, storage_url: str) -> AuditStatus:
         claimed = self._claim()
-        if claimed is None:
-            return AuditStatus.CANCELLED
+        if isinstance(claimed, AuditStatus):
+            return claimed  # not ours to run: a duplicate, or the audit is over
         config, model_sha, probes_sha, span, shards = claimed
         heartbeat = _Heartbeat(self)
         heartbeat.start()
@@ -147,13 +147,16 @@ class _Job:
         heartbeat.stop()
         return self._succeed(result)
 
-    def _claim(self) -> tuple[dict[str, object], str, str, tuple[int, int], int] | None:
-        """Take the shard if it is still queued and its audit still wants it."""
+    def _claim(
+        self,
+    ) -> tuple[dict[str, object], str, str, tuple[int, int], int] | AuditStatus:
+        """Take the shard if it is still queued and its audit still wants it; else the
+        shard's state."""
         with self.sessions.begin() as session:
             audit = session.get(Audit, self.audit_id)
             if audit is None or audit.status not in (AuditStatus.QUEUED, AuditStatus.RUNNING):
                 self._update_shard(session, AuditStatus.QUEUED, status=AuditStatus.CANCELLED)
-                return None
+                return self._status(session)
             now = utcnow()
             claimed = session.execute(
                 update(AuditShard)
@@ -167,7 +170,7 @@ class _Job:
                 )
             )
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                return None  # taken, finished or cancelled: a redelivered job does nothing
+                return self._status(session)  # taken or finished: a redelivery does nothing
             session.execute(
                 update(Audit)
                 .where(Audit.id == self.audit_id, Audit.status == AuditStatus.QUEUED)
@@ -184,6 +187,10 @@ class _Job:
                 (row.probe_start, row.probe_stop),
                 int(shards or 1),
             )
+
+    def _status(self, session: Session) -> AuditStatus:
+        current = session.scalar(select(AuditShard.status).where(*self._shard_key()))
+        return current or AuditStatus.CANCELLED
 
     def _shard_key(self) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
         return AuditShard.audit_id == self.audit_id, AuditShard.shard == self.shard

@@ -37,6 +37,7 @@ from service.teams.repository import create_key, get_or_create_team
 from tests.postgres import fresh_database
 
 SHIFTAUDIT = Path(sys.executable).with_name("shiftaudit")
+CELERY = Path(sys.executable).with_name("celery")
 PEPPER = "w" * 40
 CONFIG: dict[str, Any] = {
     "preprocess": {"input_size": [16, 16], "resize": 16},
@@ -142,10 +143,11 @@ class Deployment:
         }
         return env | extra
 
-    def start(self, name: str, *args: str, ready: str | None, **env: str) -> None:
+    def start(self, name: str, argv: list[str], *, ready: str | None, **env: str) -> None:
+        """Run a command with the deployment's environment, its output in NAME.log."""
         log = (self.root / f"{name}.log").open("wb")
         self.processes[name] = subprocess.Popen(
-            [str(SHIFTAUDIT), *args],
+            argv,
             env=self.environment(**env),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -157,16 +159,14 @@ class Deployment:
         cache = str(self.root / f"cache-{name}")
         self.start(
             name,
-            "worker",
-            f"--device={device}",
-            f"--name={name}@test",
+            [str(SHIFTAUDIT), "worker", f"--device={device}", f"--name={name}@test"],
             ready="ready.",
             SHIFTAUDIT_WORKER_CACHE_DIR=cache,
             **env,
         )
 
     def start_reconciler(self) -> None:
-        self.start("reconciler", "reconciler", ready=None)
+        self.start("reconciler", [str(SHIFTAUDIT), "reconciler"], ready=None)
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")

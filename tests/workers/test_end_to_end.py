@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
+import redis
 
+from service.queue import CPU_QUEUE
 from shiftaudit.config import AuditConfig
 from shiftaudit.engine import run_audit
 from tests.nets import AliasingNet, export_program, noise_probes
 
-from .conftest import CONFIG, zip_probes
+from .conftest import CELERY, CONFIG, zip_probes
 
 VOLATILE = {"wall_time_s", "stage_seconds", "started_at", "shards"}
 
@@ -85,3 +88,42 @@ def test_an_audit_is_routed_by_device_and_a_cpu_worker_never_takes_a_gpu_audit(d
     time.sleep(2)
     assert deployment.audit(gpu_id)["status"] == "queued"
     assert deployment.app.state.queue.waiting() == {f"{gpu_id}/0"}
+
+
+def test_a_job_delivered_twice_runs_once_on_a_plain_celery_worker(deploy, inputs):
+    deployment = deploy()
+    audit_id = deployment.submit(*deployment.upload(*inputs))
+    # The same message again, as a broker redelivery or a second reconciler would send it.
+    deployment.app.state.queue.enqueue(uuid.UUID(audit_id), 0, device="cpu")
+    with redis.Redis.from_url(deployment.broker.url) as client:
+        assert client.llen(CPU_QUEUE) == 2
+    deployment.start(
+        "celery",
+        [
+            str(CELERY),
+            "-A",
+            "workers.app",
+            "worker",
+            "--pool=solo",
+            "-Q",
+            CPU_QUEUE,
+            "-l",
+            "INFO",
+        ],
+        ready="ready.",
+    )
+    assert deployment.wait(audit_id)["status"] == "succeeded"
+    deployment.wait_for_log("celery", "succeeded in", timeout=30)
+    _wait_for_count(lambda: deployment.log("celery").count("succeeded in"), 2)
+    (shard,) = deployment.shards(audit_id)
+    assert shard.attempts == 1
+    assert deployment.report_count(audit_id) == 1
+    # The duplicate found its shard finished and says so.
+    assert "'succeeded'" in deployment.log("celery").split("succeeded in")[-1]
+
+
+def _wait_for_count(count, wanted: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while count() < wanted:
+        assert time.monotonic() < deadline, f"saw {count()} of {wanted}"
+        time.sleep(0.1)
