@@ -59,6 +59,9 @@ class Limits:
     wall_time_s: float
     memory_bytes: int | None = None
     limit_data: bool = True
+    # CPU threads of a sweep whose config sets none: several workers on one machine must
+    # share its cores, or their thread pools thrash.
+    threads: int | None = None
 
 
 class SandboxError(Exception):
@@ -97,6 +100,7 @@ def sweep_in_sandbox(
                 "span": span,
                 "tuning_cache": None if tuning_cache is None else str(tuning_cache),
                 "data_limit": limits.memory_bytes if limits.limit_data else None,
+                "threads": limits.threads,
                 "parent": os.getpid(),
             }
         )
@@ -248,12 +252,16 @@ def _child(job_path: Path) -> int:
             last = time.monotonic()
             print(f"{fraction:.4f}", flush=True)
 
+    config = AuditConfig.model_validate(job["config"])
+    if config.runtime.threads is None and job["threads"] is not None:
+        runtime = config.runtime.model_copy(update={"threads": job["threads"]})
+        config = config.model_copy(update={"runtime": runtime})
     out = job_path.parent
     try:
         result = sweep_shard(
             job["model"],
             job["probes"],
-            AuditConfig.model_validate(job["config"]),
+            config,
             probes=None if job["span"] is None else tuple(job["span"]),
             progress=report,
             tuning_cache=None if job["tuning_cache"] is None else Path(job["tuning_cache"]),

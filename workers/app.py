@@ -22,7 +22,9 @@ from service.queue import RUN_SHARD_TASK
 from service.settings import Settings, get_settings
 
 
-def create_celery(settings: Settings, *, worker_name: str | None = None) -> Celery:
+def create_celery(
+    settings: Settings, *, worker_name: str | None = None, threads: int | None = None
+) -> Celery:
     """A Celery app on the settings' Redis, with the delivery guarantees above."""
     if not settings.redis_url:
         raise SystemExit("REDIS_URL must be set for a worker (redis://host:6379/0)")
@@ -36,7 +38,7 @@ def create_celery(settings: Settings, *, worker_name: str | None = None) -> Cele
         broker_connection_max_retries=None,  # a restarting Redis is waited for, not fatal
         task_ignore_result=True,  # results live in the database
     )
-    options = job_options(settings)
+    options = job_options(settings, threads=threads)
     if worker_name is not None:
         options = replace(options, worker=f"{worker_name}:{os.getpid()}")
     urls = (settings.resolved_database_url, settings.resolved_storage_url)

@@ -31,6 +31,12 @@ def register(commands: Any) -> None:
         "--queues", help="comma-separated queues instead of the device's (e.g. per GPU type)"
     )
     worker.add_argument("--name", help="worker name (default: device@host)")
+    worker.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads per sweep when the audit sets none (default: all cores); give "
+        "each of W workers on one machine cores/W",
+    )
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(handler=_worker)
     reconciler = commands.add_parser(
@@ -54,7 +60,7 @@ def _worker(args: argparse.Namespace) -> int:
     from workers.app import create_celery
 
     name = args.name or f"{device}{'' if args.gpu is None else args.gpu}@{socket.gethostname()}"
-    app = create_celery(get_settings(), worker_name=name)
+    app = create_celery(get_settings(), worker_name=name, threads=args.threads)
     # Solo pool: one shard at a time, run from the worker's main process, which never
     # touches CUDA itself (the sandboxed sweep does) and so has nothing to fork.
     app.worker_main(

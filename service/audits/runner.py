@@ -58,13 +58,14 @@ class JobOptions:
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
-def job_options(settings: Settings) -> JobOptions:
-    """This machine's job options from the settings."""
+def job_options(settings: Settings, *, threads: int | None = None) -> JobOptions:
+    """This machine's job options from the settings; `threads` per sweep (None: all cores)."""
     return JobOptions(
         limits=Limits(
             wall_time_s=settings.audit_time_limit_s,
             memory_bytes=settings.audit_memory_limit_mb * 2**20,
             limit_data=not gpu_present(),
+            threads=threads,
         ),
         cache_dir=settings.resolved_worker_cache_dir,
         cache_bytes=settings.worker_cache_bytes,
@@ -112,10 +113,11 @@ class _Job:
         if isinstance(claimed, AuditStatus):
             return claimed  # not ours to run: a duplicate, or the audit is over
         config, model_sha, probes_sha, span, shards = claimed
-        heartbeat = _Heartbeat(self)
-        heartbeat.start()
         try:
-            with tempfile.TemporaryDirectory(prefix="shiftaudit-job-") as work:
+            with (
+                _Heartbeat(self) as heartbeat,
+                tempfile.TemporaryDirectory(prefix="shiftaudit-job-") as work,
+            ):
                 cache = ArtifactCache(
                     self.options.cache_dir,
                     storage_from_url(storage_url, tmp_dir=Path(work)),
@@ -134,17 +136,13 @@ class _Job:
                         tuning_cache=self.options.cache_dir / "tuning",
                     )
         except Stopped:
-            heartbeat.stop()
             return self._settle(AuditStatus.CANCELLED)
         except (SandboxError, ShiftAuditError) as error:
-            heartbeat.stop()
             where = f"shard {self.shard + 1} of {shards}: " if shards > 1 else ""
             return self._fail(f"{where}{error}")
         except Exception as error:  # storage or the worker itself: this audit fails, not others
-            heartbeat.stop()
             log.exception("audit %s shard %s failed", self.audit_id, self.shard)
             return self._fail(f"internal error: {type(error).__name__}: {error}")
-        heartbeat.stop()
         return self._succeed(result)
 
     def _claim(
@@ -314,7 +312,11 @@ def _finish(
             return None
         if report is not None:
             session.add(AuditReport(audit_id=audit_id, report=report.model_dump(mode="json")))
-            # The statistics are in the report now; shards keep only their bookkeeping.
+    if report is not None:
+        # The statistics are in the report now; shards keep only their bookkeeping. A
+        # transaction of its own: every transaction that locks both kinds of row takes the
+        # shard rows first (claim, heartbeat, reconciler), and this one would deadlock them.
+        with sessions.begin() as session:
             session.execute(
                 update(AuditShard).where(AuditShard.audit_id == audit_id).values(result=None)
             )
@@ -362,6 +364,10 @@ class _Heartbeat(threading.Thread):
             except OperationalError as error:
                 log.warning("heartbeat skipped, database unavailable: %s", error.orig)
 
-    def stop(self) -> None:
+    def __enter__(self) -> _Heartbeat:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self._done.set()
         self.join()

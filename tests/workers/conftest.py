@@ -155,11 +155,11 @@ class Deployment:
         if ready is not None:
             self.wait_for_log(name, ready)
 
-    def start_worker(self, name: str, device: str = "cpu", **env: str) -> None:
+    def start_worker(self, name: str, device: str = "cpu", *args: str, **env: str) -> None:
         cache = str(self.root / f"cache-{name}")
         self.start(
             name,
-            [str(SHIFTAUDIT), "worker", f"--device={device}", f"--name={name}@test"],
+            [str(SHIFTAUDIT), "worker", f"--device={device}", f"--name={name}@test", *args],
             ready="ready.",
             SHIFTAUDIT_WORKER_CACHE_DIR=cache,
             **env,

@@ -50,8 +50,9 @@ def test_an_audit_runs_on_a_worker_and_its_report_is_served(deploy, inputs):
 
 def test_a_sharded_audit_runs_on_two_workers_at_once_and_equals_the_unsharded_one(deploy, inputs):
     deployment = deploy()
-    deployment.start_worker("w1")
-    deployment.start_worker("w2")
+    # Two workers on one machine share its cores: one thread each.
+    deployment.start_worker("w1", "cpu", "--threads=1")
+    deployment.start_worker("w2", "cpu", "--threads=1")
     model_id, probe_set_id = deployment.upload(*inputs)
     whole_id = deployment.submit(model_id, probe_set_id)
     assert deployment.wait(whole_id)["status"] == "succeeded"
