@@ -157,37 +157,8 @@ def merge_shards(shards: Sequence[ShardResult], config: AuditConfig) -> Report:
     exactly once, in any order.
     """
     started = time.perf_counter()
-    ordered = sorted(shards, key=lambda shard: shard.probes)
+    ordered, accumulator = _merged(shards, config)
     first = ordered[0]
-    covered = 0
-    for shard in ordered:
-        if shard.probes[0] != covered:
-            raise ConfigError(f"shards leave probes [{covered}, {shard.probes[0]}) uncovered")
-        covered = shard.probes[1]
-        for field in ("model_sha256", "probe_set_sha256", "input_size", "num_classes"):
-            if getattr(shard, field) != getattr(first, field):
-                raise ConfigError(f"shards disagree on {field}; they are not of one audit")
-    if covered != first.probe_count:
-        raise ConfigError(f"shards cover {covered} of {first.probe_count} probes")
-    plan = plan_shifts(config.sweep, first.input_size)
-    sampled = config.sweep.sampling is not None
-    accumulator = SweepAccumulator.from_state(
-        plan,
-        first.statistics,
-        sampled=sampled,
-        labelled=first.labelled,
-        worst_case_limit=config.worst_cases,
-    )
-    for shard in ordered[1:]:
-        accumulator.merge(
-            SweepAccumulator.from_state(
-                plan,
-                shard.statistics,
-                sampled=sampled,
-                labelled=first.labelled,
-                worst_case_limit=config.worst_cases,
-            )
-        )
     assert first.layers is not None  # the shard holding probe 0 always measures it
     summary = accumulator.summary(resamples=config.bootstrap, seed=config.seed)
     statistics_s = round(time.perf_counter() - started, 4)
@@ -217,8 +188,8 @@ def merge_shards(shards: Sequence[ShardResult], config: AuditConfig) -> Report:
         started_at=min(shard.started_at for shard in ordered),
     )
     return Report(
-        mode=plan.mode,
-        estimator="random_pairs" if sampled else "exhaustive",
+        mode=accumulator.plan.mode,
+        estimator="random_pairs" if accumulator.sampled else "exhaustive",
         input_size=first.input_size,
         num_classes=first.num_classes,
         summary=summary,
@@ -228,6 +199,45 @@ def merge_shards(shards: Sequence[ShardResult], config: AuditConfig) -> Report:
         worst_cases=accumulator.worst_cases(),
         provenance=provenance,
     )
+
+
+def probe_values(shards: Sequence[ShardResult], config: AuditConfig) -> dict[str, np.ndarray]:
+    """The per-probe statistics of an audit (metrics.py), ordered by probe: what comparing
+    two audits of the same probes pairs."""
+    return _merged(shards, config)[1].per_probe()
+
+
+def _merged(
+    shards: Sequence[ShardResult], config: AuditConfig
+) -> tuple[list[ShardResult], SweepAccumulator]:
+    """The shards in probe order and their statistics merged; refuses a set that is not
+    one audit's exact cover of its probe set."""
+    ordered = sorted(shards, key=lambda shard: shard.probes)
+    first = ordered[0]
+    covered = 0
+    for shard in ordered:
+        if shard.probes[0] != covered:
+            raise ConfigError(f"shards leave probes [{covered}, {shard.probes[0]}) uncovered")
+        covered = shard.probes[1]
+        for field in ("model_sha256", "probe_set_sha256", "input_size", "num_classes"):
+            if getattr(shard, field) != getattr(first, field):
+                raise ConfigError(f"shards disagree on {field}; they are not of one audit")
+    if covered != first.probe_count:
+        raise ConfigError(f"shards cover {covered} of {first.probe_count} probes")
+    plan = plan_shifts(config.sweep, first.input_size)
+    accumulators = [
+        SweepAccumulator.from_state(
+            plan,
+            shard.statistics,
+            sampled=config.sweep.sampling is not None,
+            labelled=first.labelled,
+            worst_case_limit=config.worst_cases,
+        )
+        for shard in ordered
+    ]
+    for other in accumulators[1:]:
+        accumulators[0].merge(other)
+    return ordered, accumulators[0]
 
 
 @contextmanager

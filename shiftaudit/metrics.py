@@ -425,21 +425,29 @@ def bootstrap_means(
     means = matrix.mean(0) if n else np.full(len(keys), np.nan)
     low = high = [None] * len(keys)
     if resamples > 0 and n >= 2:
-        rng = np.random.default_rng(seed)
-        # A resample is a multinomial count per probe; blocks of resamples keep the count
-        # matrix near 16 MB whatever n is, and one matrix product gives every metric's mean.
-        block = max(1, 2_000_000 // n)
-        uniform = np.full(n, 1.0 / n)
-        boot = np.empty((resamples, len(keys)))
-        for start in range(0, resamples, block):
-            stop = min(resamples, start + block)
-            counts = rng.multinomial(n, uniform, size=stop - start)
-            boot[start:stop] = counts @ matrix / n
+        boot = resampled_means(matrix, resamples, np.random.default_rng(seed))
         low, high = (np.percentile(boot, q, axis=0).tolist() for q in (2.5, 97.5))
     return {
         k: Estimate(value=float(means[i]), ci_low=low[i], ci_high=high[i], n=n)
         for i, k in enumerate(keys)
     }
+
+
+def resampled_means(matrix: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Column means of `resamples` bootstrap resamples of the rows: (resamples, columns).
+
+    A resample is a multinomial count per row; blocks of resamples keep the count matrix
+    near 16 MB whatever the row count, and one matrix product gives every column's mean.
+    """
+    n = len(matrix)
+    block = max(1, 2_000_000 // n)
+    uniform = np.full(n, 1.0 / n)
+    boot = np.empty((resamples, matrix.shape[1]))
+    for start in range(0, resamples, block):
+        stop = min(resamples, start + block)
+        counts = rng.multinomial(n, uniform, size=stop - start)
+        boot[start:stop] = counts @ matrix / n
+    return boot
 
 
 def detect_period(plan: ShiftPlan, agreement: np.ndarray) -> Period | None:
