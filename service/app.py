@@ -17,6 +17,7 @@ from service import metrics, problems
 from service.audits import endpoints as audits
 from service.audits.reconciler import policy_from, reconcile_once
 from service.classifiers import endpoints as classifiers
+from service.compare import endpoints as compare
 from service.db import make_engine, session_factory, utcnow
 from service.deps import Reader
 from service.probe_sets import endpoints as probe_sets
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None, queue: AuditQueue | None = None
     metrics.install(app)  # GET /metrics and the request-metrics middleware
     app.include_router(classifiers.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(audits.router, responses=problems.PROBLEM_RESPONSES)
+    app.include_router(compare.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(probe_sets.router, responses=problems.PROBLEM_RESPONSES)
 
     @app.get("/healthz", tags=["operations"])

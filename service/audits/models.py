@@ -71,7 +71,8 @@ class AuditShard(Base):
     """Probes [probe_start, probe_stop) of an audit: what one worker claims and sweeps.
 
     An audit has one shard unless its probe set is larger than the shard size; the shard's
-    `result` holds its sufficient statistics until the last one merges them into the report.
+    `result` holds its sufficient statistics: merged into the report, and kept for
+    comparing audits probe by probe.
     """
 
     __tablename__ = "audit_shards"

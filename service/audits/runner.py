@@ -312,14 +312,6 @@ def _finish(
             return None
         if report is not None:
             session.add(AuditReport(audit_id=audit_id, report=report.model_dump(mode="json")))
-    if report is not None:
-        # The statistics are in the report now; shards keep only their bookkeeping. A
-        # transaction of its own: every transaction that locks both kinds of row takes the
-        # shard rows first (claim, heartbeat, reconciler), and this one would deadlock them.
-        with sessions.begin() as session:
-            session.execute(
-                update(AuditShard).where(AuditShard.audit_id == audit_id).values(result=None)
-            )
     return status
 
 

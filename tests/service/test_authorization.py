@@ -164,6 +164,13 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/v1/audits/{audit_id}/cancel"): Row(
         Scope.WRITE, frozenset({200}), lambda w: (f"/v1/audits/{w.create_audit()}/cancel", {}), True
     ),
+    # The world's audits never ran: a caller who may read them gets 409 (not succeeded).
+    ("GET", "/v1/compare"): Row(
+        Scope.READ,
+        frozenset({409}),
+        lambda w: (f"/v1/compare?audits={w.audit_id},{w.create_audit()}", {}),
+        True,
+    ),
     ("GET", "/v1/audits/{audit_id}/report"): Row(
         Scope.READ, frozenset({200}), lambda w: (f"/v1/audits/{w.audit_id}/report", {}), True
     ),

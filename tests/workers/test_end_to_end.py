@@ -72,7 +72,6 @@ def test_a_sharded_audit_runs_on_two_workers_at_once_and_equals_the_unsharded_on
     sharded, whole = deployment.report(sharded_id), deployment.report(whole_id)
     assert _strip(sharded) == _strip(whole)
     assert (sharded["provenance"]["shards"], whole["provenance"]["shards"]) == (3, 1)
-    assert all(s.result is None for s in shards), "merged statistics are not kept twice"
 
 
 def test_an_audit_is_routed_by_device_and_a_cpu_worker_never_takes_a_gpu_audit(deploy, inputs):

@@ -1,0 +1,1 @@
+"""Comparing audits: GET /v1/compare."""

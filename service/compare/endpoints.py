@@ -1,0 +1,39 @@
+"""GET /v1/compare: audits side by side, metric by metric, with significance."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query
+
+from service.compare.schemas import ComparisonOut
+from service.compare.service import compare_audits
+from service.deps import Reader, SessionDep
+
+router = APIRouter(prefix="/v1/compare", tags=["compare"])
+MAX_AUDITS = 8
+
+
+@router.get("")
+def compare(
+    principal: Reader,
+    session: SessionDep,
+    audits: Annotated[
+        str, Query(description="comma-separated audit ids; the first is the baseline")
+    ],
+) -> ComparisonOut:
+    """Each audit against the first: deltas with 95% intervals (paired bootstrap over the same
+    probes when the audits share probe set and sweep, else unpaired and why), an exact
+    McNemar test on per-probe invariance, agreement per shift and layer errors side by side."""
+    ids = []
+    for part in audits.split(","):
+        try:
+            ids.append(uuid.UUID(part.strip()))
+        except ValueError:
+            raise HTTPException(422, f"audits: {part.strip()!r} is not an audit id") from None
+    if not 2 <= len(ids) <= MAX_AUDITS:
+        raise HTTPException(422, f"audits: give 2 to {MAX_AUDITS} audit ids, not {len(ids)}")
+    if len(set(ids)) != len(ids):
+        raise HTTPException(422, "audits: an audit is listed twice")
+    return compare_audits(session=session, team_id=principal.team_id, ids=ids)

@@ -1,0 +1,44 @@
+"""Response bodies of /v1/compare."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import BaseModel, Field
+
+from service.audits.schemas import AuditOut
+from shiftaudit.compare import Delta, McNemar
+
+
+class ShiftMapDifference(BaseModel):
+    shifts: list[tuple[float, float]]
+    baseline: list[float | None]
+    candidate: list[float | None]
+    difference: list[float | None] = Field(description="candidate - baseline agreement")
+
+
+class LayerDifference(BaseModel):
+    name: str
+    baseline_relative_error: float | None
+    candidate_relative_error: float | None
+    difference: float | None = Field(description="candidate - baseline relative error")
+
+
+class CandidateComparison(BaseModel):
+    candidate: uuid.UUID
+    pairing: str = Field(description="paired: same probes and sweep; else unpaired")
+    reason: str | None = Field(description="why the audits could not be paired")
+    deltas: list[Delta]
+    mcnemar: McNemar | None = Field(description="exact McNemar test on per-probe invariance")
+    shift_map: ShiftMapDifference | None = Field(
+        description="agreement per shift side by side; null when the shift sets differ"
+    )
+    layers: list[LayerDifference] = Field(description="layers present in both, by name")
+
+
+class ComparisonOut(BaseModel):
+    baseline: uuid.UUID
+    audits: list[AuditOut]
+    comparisons: list[CandidateComparison] = Field(
+        description="each audit after the first against the first"
+    )
