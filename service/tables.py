@@ -4,7 +4,8 @@ from service import idempotency
 from service.audits import models as audits
 from service.classifiers import models as classifiers
 from service.db import Base
+from service.policies import models as policies
 from service.probe_sets import models as probe_sets
 from service.teams import models as teams
 
-__all__ = ["Base", "audits", "classifiers", "idempotency", "probe_sets", "teams"]
+__all__ = ["Base", "audits", "classifiers", "idempotency", "policies", "probe_sets", "teams"]

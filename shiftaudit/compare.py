@@ -28,6 +28,9 @@ METRICS = {
     "accuracy": "correct",
     "shift_accuracy_mean": "shift_acc",
     "worst_case_accuracy": "all_correct",
+    # Accuracy lost to shifts, per probe: unshifted correct minus the shifted outcome.
+    "worst_case_accuracy_drop": "all_correct_drop",
+    "shift_accuracy_drop": "shift_acc_drop",
 }
 SIGNIFICANCE = 0.05
 
@@ -71,6 +74,7 @@ def compare(
     seed: int = 0,
 ) -> Comparison:
     """Compare per-probe statistics; paired (by probe order) unless a reason says otherwise."""
+    baseline, candidate = _with_drops(baseline), _with_drops(candidate)
     paired = unpaired_reason is None
     if paired and len(next(iter(baseline.values()))) != len(next(iter(candidate.values()))):
         raise ValueError("paired audits must have the same probes")
@@ -91,6 +95,15 @@ def compare(
         deltas=deltas,
         mcnemar=test,
     )
+
+
+def _with_drops(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    drops = {}
+    if "correct" in values:
+        for key in ("all_correct", "shift_acc"):
+            if key in values:
+                drops[f"{key}_drop"] = values["correct"] - values[key]
+    return values | drops
 
 
 def mcnemar_exact(b: int, c: int) -> float:

@@ -21,6 +21,7 @@ from service.db import utcnow
 from service.deps import Reader, SessionDep, SettingsDep, Writer
 from service.idempotency import IdempotencyDep, canonical_hash
 from service.pagination import Page, decode_cursor, newest_first, page_of
+from service.policies.repository import team_policies
 from service.probe_sets.models import ProbeSetFile
 from service.stored_files import TeamFiles
 
@@ -115,8 +116,11 @@ def create_audit(
         raise HTTPException(404, f"no probe set with id {body.probe_set_id} in your team")
     shas = [model.sha256, probe_set.sha256]
     config = body.config.model_dump(mode="json")
+    policies = team_policies(session, team_id, body.policies)
     request_hash = canonical_hash(
         {"model_sha256": shas[0], "probe_set_sha256": shas[1], "config": config}
+        # Policies join the hash only when given, so earlier audits stay reusable.
+        | ({"policies": policies} if policies else {})
     )
     audit = _succeeded_with(session, team_id, request_hash) if reuse else None
     if audit is not None:
@@ -130,6 +134,7 @@ def create_audit(
             status=AuditStatus.QUEUED,
             progress=0.0,
             request_hash=request_hash,
+            policies=policies or None,
         )
         session.add(audit)
         session.flush()

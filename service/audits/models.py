@@ -56,6 +56,10 @@ class Audit(RecordMixin, Base):
     # sha256 of the model bytes, probe-set bytes and canonical config: finds a succeeded audit
     # of an identical request to reuse. NULL for rows from before it existed (never reused).
     request_hash: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    # The policies as they were when the audit was submitted ([{name, rules}]), and the
+    # verdict written with the report.
+    policies: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
+    policy_result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class AuditReport(Base):

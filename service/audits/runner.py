@@ -28,7 +28,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.audits.models import Audit, AuditReport, AuditShard, AuditStatus
 from service.classifiers.models import ModelFile
+from service.compare.service import regression_reasons
 from service.db import make_engine, session_factory, utcnow
+from service.policies.evaluate import evaluate
+from service.policies.schemas import PolicyResult
 from service.probe_sets.models import ProbeSetFile
 from service.settings import Settings
 from service.storage import storage_from_url
@@ -272,12 +275,27 @@ def complete_audit(sessions: sessionmaker[Session], audit_id: uuid.UUID) -> bool
             return False
         config = AuditConfig.model_validate(audit.config)
         results = [ShardResult.model_validate(s.result) for s in shards]
-    try:
-        report = merge_shards(results, config)
-    except ShiftAuditError as error:
-        failed = _finish(sessions, audit_id, AuditStatus.FAILED, error=f"merging shards: {error}")
-        return failed is not None
-    return _finish(sessions, audit_id, AuditStatus.SUCCEEDED, report=report) is not None
+        try:
+            report = merge_shards(results, config)
+        except ShiftAuditError as error:
+            failed = _finish(
+                sessions, audit_id, AuditStatus.FAILED, error=f"merging shards: {error}"
+            )
+            return failed is not None
+        verdict = None
+        if audit.policies:
+            document = report.model_dump(mode="json")
+            verdict = evaluate(
+                audit.policies,
+                document,
+                regressions=lambda rule: regression_reasons(
+                    session=session, audit=audit, report=document, rule=rule
+                ),
+            )
+    finished = _finish(
+        sessions, audit_id, AuditStatus.SUCCEEDED, report=report, policy_result=verdict
+    )
+    return finished is not None
 
 
 def _finish(
@@ -287,9 +305,12 @@ def _finish(
     *,
     error: str | None = None,
     report: Report | None = None,
+    policy_result: PolicyResult | None = None,
 ) -> AuditStatus | None:
     """Write the final state once: only a running audit can finish (not a cancelled one)."""
     values: dict[str, object] = {"status": status, "finished_at": utcnow(), "error": error}
+    if policy_result is not None:
+        values["policy_result"] = policy_result.model_dump(mode="json")
     if report is not None:
         summary = report.summary.all
         values |= {

@@ -8,6 +8,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.audits.models import AuditStatus
+from service.policies.schemas import PolicyResult
 from shiftaudit.config import AuditConfig
 
 
@@ -17,6 +18,11 @@ class AuditCreate(BaseModel):
     model_id: uuid.UUID
     probe_set_id: uuid.UUID
     config: AuditConfig = Field(default_factory=AuditConfig)
+    policies: list[str] = Field(
+        default_factory=list,
+        max_length=20,
+        description="names of the team's policies to evaluate the finished audit against",
+    )
 
 
 class AuditOut(BaseModel):
@@ -36,6 +42,11 @@ class AuditOut(BaseModel):
     accuracy: float | None
     worst_case_accuracy: float | None
     config: AuditConfig
+    policy: PolicyResult | None = Field(
+        None,
+        validation_alias="policy_result",
+        description="verdict of the policies it was submitted with, once it succeeded",
+    )
     reused: bool = Field(
         default=False,
         description="true when an earlier succeeded audit of the same request was returned",

@@ -12,12 +12,14 @@ from sqlalchemy.orm import Session
 from service.audits.endpoints import TeamAudits
 from service.audits.models import Audit, AuditReport, AuditShard, AuditStatus
 from service.audits.schemas import AuditOut
+from service.classifiers.models import ModelFile
 from service.compare.schemas import (
     CandidateComparison,
     ComparisonOut,
     LayerDifference,
     ShiftMapDifference,
 )
+from service.policies.schemas import HIGHER_IS_BETTER, NoRegression
 from shiftaudit.compare import compare
 from shiftaudit.config import AuditConfig
 from shiftaudit.engine import probe_values
@@ -35,7 +37,14 @@ def compare_audits(*, session: Session, team_id: uuid.UUID, ids: list[uuid.UUID]
                 409, f"audit {audit.id} is {audit.status.value}; only succeeded audits compare"
             )
     reports = {a.id: session.get_one(AuditReport, a.id).report for a in audits}
-    values = {a.id: _probe_values(session, a) for a in audits}
+    values = {}
+    for audit in audits:
+        found = _probe_values(session, audit)
+        if found is None:
+            raise HTTPException(
+                409, f"audit {audit.id} predates stored per-probe statistics; run it again"
+            )
+        values[audit.id] = found
     baseline = audits[0]
     comparisons = []
     for candidate in audits[1:]:
@@ -114,3 +123,73 @@ def _layers(baseline: dict[str, Any], candidate: dict[str, Any]) -> list[LayerDi
             )
         )
     return differences
+
+
+def regression_reasons(
+    *, session: Session, audit: Audit, report: dict[str, Any], rule: NoRegression
+) -> list[str]:
+    """Why `audit` (whose report is not stored yet) regressed against the rule's baseline."""
+    baseline = _baseline_for(session, audit, rule)
+    if isinstance(baseline, str):
+        return [baseline] if rule.baseline != "previous_version" else []
+    base_report = session.get_one(AuditReport, baseline.id).report
+    reason = _unpaired_reason(base_report, report)
+    if reason is not None:
+        return [f"cannot test for regression against audit {baseline.id}: {reason}"]
+    base_values, values = _probe_values(session, baseline), _probe_values(session, audit)
+    if base_values is None or values is None:
+        return [f"cannot test for regression: audit {baseline.id} has no per-probe statistics"]
+    result = compare(base_values, values, unpaired_reason=None, resamples=RESAMPLES)
+    reasons = []
+    for delta in result.deltas:
+        if delta.metric not in rule.metrics or not delta.significant:
+            continue
+        worse = delta.delta < 0 if delta.metric in HIGHER_IS_BETTER else delta.delta > 0
+        if worse:
+            reasons.append(
+                f"{delta.metric} regressed significantly against audit {baseline.id}: "
+                f"{delta.delta:+.4g} (95% CI {delta.ci_low:+.4g} to {delta.ci_high:+.4g})"
+            )
+    test = result.mcnemar
+    if (
+        "invariant_fraction" in rule.metrics
+        and test is not None
+        and test.significant
+        and test.baseline_only > test.candidate_only
+    ):
+        reasons.append(
+            f"per-probe invariance regressed against audit {baseline.id} (exact McNemar "
+            f"p = {test.p_value:.3g}: {test.baseline_only} probes lost it, "
+            f"{test.candidate_only} gained it)"
+        )
+    return reasons
+
+
+def _baseline_for(session: Session, audit: Audit, rule: NoRegression) -> Audit | str:
+    """The baseline audit, or why there is none."""
+    if rule.baseline != "previous_version":
+        found = session.scalar(
+            select(Audit).where(Audit.id == rule.baseline, Audit.team_id == audit.team_id)
+        )
+        if found is None or found.status is not AuditStatus.SUCCEEDED:
+            return f"baseline audit {rule.baseline} is not a succeeded audit of this team"
+        return found
+    model = session.get_one(ModelFile, audit.model_id)
+    earlier_models = select(ModelFile.id).where(
+        ModelFile.team_id == audit.team_id,
+        ModelFile.name == model.name,
+        ModelFile.id != model.id,
+        ModelFile.created_at < model.created_at,
+    )
+    found = session.scalar(
+        select(Audit)
+        .where(
+            Audit.team_id == audit.team_id,
+            Audit.status == AuditStatus.SUCCEEDED,
+            Audit.probe_set_id == audit.probe_set_id,
+            Audit.model_id.in_(earlier_models),
+        )
+        .order_by(Audit.created_at.desc(), Audit.id.desc())
+        .limit(1)
+    )
+    return found if found is not None else "no earlier version of this model was audited"

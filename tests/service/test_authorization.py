@@ -68,6 +68,7 @@ class World:
     audit_id: str = ""
     alpha_ids: set[str] = field(default_factory=set)
     audits_created: int = 0
+    policies_created: int = 0
 
     def upload_model(self, seed: int) -> str:
         response = self.client.post(
@@ -97,6 +98,15 @@ class World:
         self.audits_created += 1
         return self._remember(response.json()["id"])
 
+    def create_policy(self) -> str:
+        self.policies_created += 1
+        name = f"policy-{self.policies_created}"
+        response = self.client.post(
+            "/v1/policies", headers=self.headers["write"], json=policy_body(name)
+        )
+        assert response.status_code == 201, response.text
+        return name
+
     def audit_body(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "probe_set_id": self.probe_set_id, "config": CONFIG}
 
@@ -118,6 +128,10 @@ class Row:
     ok: frozenset[int]
     request: Callable[[World], tuple[str, dict[str, Any]]]
     tenant_scoped: bool
+
+
+def policy_body(name: str) -> dict[str, Any]:
+    return {"name": name, "thresholds": [{"metric": "consistency", "op": ">=", "value": 0.9}]}
 
 
 def _model_upload(world: World) -> tuple[str, dict[str, Any]]:
@@ -163,6 +177,21 @@ MATRIX: dict[tuple[str, str], Row] = {
     ),
     ("POST", "/v1/audits/{audit_id}/cancel"): Row(
         Scope.WRITE, frozenset({200}), lambda w: (f"/v1/audits/{w.create_audit()}/cancel", {}), True
+    ),
+    ("POST", "/v1/policies"): Row(
+        Scope.WRITE,
+        frozenset({201}),
+        lambda w: ("/v1/policies", {"json": policy_body(f"new-{uuid.uuid4().hex[:8]}")}),
+        False,
+    ),
+    ("GET", "/v1/policies"): Row(
+        Scope.READ, frozenset({200}), lambda w: ("/v1/policies", {}), False
+    ),
+    ("GET", "/v1/policies/{name}"): Row(
+        Scope.READ, frozenset({200}), lambda w: (f"/v1/policies/{w.create_policy()}", {}), True
+    ),
+    ("DELETE", "/v1/policies/{name}"): Row(
+        Scope.WRITE, frozenset({204}), lambda w: (f"/v1/policies/{w.create_policy()}", {}), True
     ),
     # The world's audits never ran: a caller who may read them gets 409 (not succeeded).
     ("GET", "/v1/compare"): Row(

@@ -1,0 +1,1 @@
+"""Named policies that gate audits: thresholds and no-regression rules."""

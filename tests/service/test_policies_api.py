@@ -1,0 +1,142 @@
+"""Policies: CRUD, and verdicts on audits run for real (embedded runner)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.nets import GlobalPoolNet, export_program, phase_probes
+
+from .test_audits_api import _auth, _wait
+from .test_compare_api import CONFIG, _zip
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("policies")
+    return {
+        "v1": export_program(GlobalPoolNet(stride=1), root / "v1.pt2").read_bytes(),
+        "v2": export_program(GlobalPoolNet(stride=2), root / "v2.pt2").read_bytes(),
+        "v3": export_program(GlobalPoolNet(stride=1, seed=3), root / "v3.pt2").read_bytes(),
+        "phase": _zip(phase_probes(root / "phase", 24)),
+    }
+
+
+def _post_policy(client, keys, body, key="alpha-write"):
+    return client.post("/v1/policies", headers=_auth(keys, key), json=body)
+
+
+def test_policies_are_created_listed_and_deleted_per_team(app_and_keys):
+    app, keys = app_and_keys
+    client = TestClient(app)
+    body = {"name": "gate", "thresholds": [{"metric": "consistency", "op": ">=", "value": 0.9}]}
+    created = _post_policy(client, keys, body)
+    assert created.status_code == 201, created.text
+    assert created.json()["thresholds"] == body["thresholds"]
+    assert created.json()["no_regression"] is None
+    assert _post_policy(client, keys, body).status_code == 409
+    bad = _post_policy(
+        client, keys, {"name": "x", "thresholds": [{"metric": "speed", "op": ">=", "value": 1}]}
+    )
+    assert bad.status_code == 422
+    assert "thresholds.0.metric" in bad.text
+    listed = client.get("/v1/policies", headers=_auth(keys, "alpha-read")).json()
+    assert [p["name"] for p in listed] == ["gate"]
+    assert client.get("/v1/policies", headers=_auth(keys, "beta-admin")).json() == []
+    assert client.get("/v1/policies/gate", headers=_auth(keys, "beta-admin")).status_code == 404
+    assert client.delete("/v1/policies/gate", headers=_auth(keys, "alpha-write")).status_code == 204
+    assert client.get("/v1/policies/gate", headers=_auth(keys, "alpha-read")).status_code == 404
+
+
+def _model(client, keys, files, version):
+    return client.post(
+        "/v1/models",
+        headers=_auth(keys, "alpha-write"),
+        data={"name": "net", "version": version},
+        files={"file": ("m.pt2", files[version])},
+    ).json()["id"]
+
+
+def _audit(client, keys, model_id, probe_set_id, policies):
+    created = client.post(
+        "/v1/audits",
+        headers=_auth(keys, "alpha-write"),
+        params={"reuse": "false"},
+        json={
+            "model_id": model_id,
+            "probe_set_id": probe_set_id,
+            "config": CONFIG,
+            "policies": policies,
+        },
+    )
+    assert created.status_code == 202, created.text
+    audit = _wait(client, keys, created.json()["id"])
+    assert audit["status"] == "succeeded", audit
+    return audit
+
+
+def test_finished_audits_carry_the_verdict_of_their_policies(app_and_keys, files):
+    app, keys = app_and_keys
+    client = TestClient(app)
+    for body in (
+        {
+            "name": "strict",
+            "thresholds": [
+                {"metric": "consistency", "op": ">=", "value": 0.99},
+                {"metric": "flip_rate", "op": "<=", "value": 0.01},
+            ],
+        },
+        {"name": "lenient", "thresholds": [{"metric": "consistency", "op": ">=", "value": 0.5}]},
+        {"name": "labelled", "thresholds": [{"metric": "accuracy", "op": ">=", "value": 0.5}]},
+        {"name": "no-regression", "no_regression": {"baseline": "previous_version"}},
+    ):
+        assert _post_policy(client, keys, body).status_code == 201
+    probe_set_id = client.post(
+        "/v1/probe-sets",
+        headers=_auth(keys, "alpha-write"),
+        data={"name": "phase"},
+        files={"file": ("p.zip", files["phase"])},
+    ).json()["id"]
+    unknown = client.post(
+        "/v1/audits",
+        headers=_auth(keys, "alpha-write"),
+        json={
+            "model_id": _model(client, keys, files, "v1"),
+            "probe_set_id": probe_set_id,
+            "policies": ["strict", "nonexistent"],
+        },
+    )
+    assert unknown.status_code == 422
+    assert "nonexistent" in unknown.text
+
+    ids = {v: _model(client, keys, files, v) for v in ("v1", "v2", "v3")}
+    first = _audit(client, keys, ids["v1"], probe_set_id, ["strict", "no-regression"])
+    assert first["policy"]["status"] == "passed"
+    # No earlier version: the regression rule has nothing to fail on.
+    assert [p["reasons"] for p in first["policy"]["policies"]] == [[], []]
+
+    second = _audit(
+        client, keys, ids["v2"], probe_set_id, ["strict", "lenient", "labelled", "no-regression"]
+    )
+    verdicts = {p["name"]: p for p in second["policy"]["policies"]}
+    assert second["policy"]["status"] == "failed"
+    assert verdicts["lenient"] == {"name": "lenient", "status": "passed", "reasons": []}
+    strict = verdicts["strict"]["reasons"]
+    assert len(strict) == 2
+    assert strict[0].startswith("consistency is ")
+    assert strict[1].startswith("flip_rate is ")
+    assert verdicts["labelled"]["reasons"] == [
+        "accuracy is not defined for this audit (it needs labels or an exhaustive sweep)"
+    ]
+    regressed = verdicts["no-regression"]["reasons"]
+    assert any(
+        r.startswith(f"consistency regressed significantly against audit {first['id']}")
+        for r in regressed
+    )
+    assert any("per-probe invariance regressed" in r for r in regressed)
+
+    third = _audit(client, keys, ids["v3"], probe_set_id, ["no-regression"])
+    assert third["policy"] == {
+        "status": "passed",
+        "policies": [{"name": "no-regression", "status": "passed", "reasons": []}],
+    }
