@@ -84,7 +84,7 @@ def test_models_that_crash_hog_memory_or_hang_fail_alone_and_the_worker_goes_on(
 ):
     deployment = deploy()
     deployment.start_worker(
-        "w1", SHIFTAUDIT_AUDIT_TIME_LIMIT_S="10", SHIFTAUDIT_AUDIT_MEMORY_LIMIT_MB="3072"
+        "w1", SHIFTAUDIT_AUDIT_TIME_LIMIT_S="25", SHIFTAUDIT_AUDIT_MEMORY_LIMIT_MB="2048"
     )
     worker_pid = deployment.processes["w1"].pid
     ids = {}
@@ -95,9 +95,9 @@ def test_models_that_crash_hog_memory_or_hang_fail_alone_and_the_worker_goes_on(
     assert "crashed the audit process (SIGSEGV)" in outcomes["segfault"]["error"]
     assert outcomes["memory"]["status"] == "failed"
     assert "ran out of memory" in outcomes["memory"]["error"]
-    assert "3072 MiB" in outcomes["memory"]["error"]
+    assert "2048 MiB" in outcomes["memory"]["error"]
     assert outcomes["endless"]["status"] == "failed"
-    assert "wall-time limit of 10 s" in outcomes["endless"]["error"]
+    assert "wall-time limit of 25 s" in outcomes["endless"]["error"]
     assert outcomes["good"]["status"] == "succeeded"
     # The same worker process ran all four; model errors are never retried.
     assert deployment.processes["w1"].poll() is None
