@@ -25,6 +25,7 @@ from service.probe_sets import endpoints as probe_sets
 from service.queue import AuditQueue, EmbeddedQueue, queue_from_settings
 from service.settings import Settings, get_settings
 from service.storage import storage_from_url
+from service.webhooks import endpoints as webhooks
 from shiftaudit import __version__
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, queue: AuditQueue | None = None
     app.include_router(audits.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(compare.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(policies.router, responses=problems.PROBLEM_RESPONSES)
+    app.include_router(webhooks.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(probe_sets.router, responses=problems.PROBLEM_RESPONSES)
 
     @app.get("/healthz", tags=["operations"])

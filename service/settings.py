@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         description="A queued shard whose message is missing from the broker for "
         "longer (Redis restarted) is sent again.",
     )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhooks to private, loopback and reserved addresses "
+        "(refused by default: server-side request forgery).",
+    )
     worker_cache_dir: Path | None = Field(
         None, description="Worker's artifact cache; unset: data_dir/worker-cache."
     )

@@ -7,5 +7,15 @@ from service.db import Base
 from service.policies import models as policies
 from service.probe_sets import models as probe_sets
 from service.teams import models as teams
+from service.webhooks import models as webhooks
 
-__all__ = ["Base", "audits", "classifiers", "idempotency", "policies", "probe_sets", "teams"]
+__all__ = [
+    "Base",
+    "audits",
+    "classifiers",
+    "idempotency",
+    "policies",
+    "probe_sets",
+    "teams",
+    "webhooks",
+]

@@ -25,10 +25,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.audits.models import Audit, AuditShard, AuditStatus
-from service.audits.runner import complete_audit
+from service.audits.runner import complete_audit, fail_audit
 from service.db import make_engine, session_factory, utcnow
 from service.queue import AuditQueue, job_id, queue_from_settings
 from service.settings import Settings
+from service.webhooks.outbox import dispatch_due
 
 log = logging.getLogger(__name__)
 _OPEN = (AuditStatus.QUEUED, AuditStatus.RUNNING)
@@ -39,6 +40,7 @@ class Policy:
     stale_after: timedelta  # a heartbeat older than this means the worker is gone
     resend_after: timedelta  # a queued shard's message may be in flight this long
     max_attempts: int
+    webhook_allow_private: bool = False
 
 
 def reconcile_once(
@@ -53,14 +55,10 @@ def reconcile_once(
                 _move(session, shard, AuditStatus.RUNNING, status=AuditStatus.CANCELLED)
             elif shard.attempts >= policy.max_attempts:
                 _move(session, shard, AuditStatus.RUNNING, status=AuditStatus.FAILED)
-                session.execute(
-                    update(Audit)
-                    .where(Audit.id == audit.id, Audit.status.in_(_OPEN))
-                    .values(
-                        status=AuditStatus.FAILED,
-                        finished_at=now,
-                        error=f"lost its worker {shard.attempts} times (last: {shard.worker})",
-                    )
+                fail_audit(
+                    session,
+                    audit.id,
+                    f"lost its worker {shard.attempts} times (last: {shard.worker})",
                 )
                 done["failed"] += 1
             elif _move(
@@ -94,6 +92,8 @@ def reconcile_once(
         queue.enqueue(shard.audit_id, shard.shard, device=device)
     for audit_id in merged:
         done["merged"] += complete_audit(sessions, audit_id)
+    webhooks = dispatch_due(sessions, now=now, allow_private=policy.webhook_allow_private)
+    done.update({f"webhook_{outcome}": count for outcome, count in webhooks.items()})
     return done
 
 
@@ -138,6 +138,7 @@ def policy_from(settings: Settings) -> Policy:
         stale_after=timedelta(seconds=settings.heartbeat_timeout_s),
         resend_after=timedelta(seconds=settings.resend_after_s),
         max_attempts=settings.max_attempts,
+        webhook_allow_private=settings.webhook_allow_private,
     )
 
 

@@ -35,6 +35,7 @@ from service.policies.schemas import PolicyResult
 from service.probe_sets.models import ProbeSetFile
 from service.settings import Settings
 from service.storage import storage_from_url
+from service.webhooks.outbox import record_audit_events
 from service.worker_cache import ArtifactCache
 from shiftaudit.config import AuditConfig
 from shiftaudit.engine import merge_shards
@@ -240,14 +241,7 @@ class _Job:
         def write() -> None:
             self._write_shard(AuditStatus.FAILED)
             with self.sessions.begin() as session:
-                session.execute(
-                    update(Audit)
-                    .where(
-                        Audit.id == self.audit_id,
-                        Audit.status.in_([AuditStatus.QUEUED, AuditStatus.RUNNING]),
-                    )
-                    .values(status=AuditStatus.FAILED, finished_at=utcnow(), error=error)
-                )
+                fail_audit(session, self.audit_id, error)
 
         _retry(write)
         return AuditStatus.FAILED
@@ -256,6 +250,19 @@ class _Job:
         _retry(lambda: self._write_shard(AuditStatus.SUCCEEDED, result))
         _retry(lambda: complete_audit(self.sessions, self.audit_id))
         return AuditStatus.SUCCEEDED
+
+
+def fail_audit(session: Session, audit_id: uuid.UUID, error: str) -> bool:
+    """Fail a queued or running audit (and queue its webhook events); False if it was over."""
+    failed = session.execute(
+        update(Audit)
+        .where(Audit.id == audit_id, Audit.status.in_([AuditStatus.QUEUED, AuditStatus.RUNNING]))
+        .values(status=AuditStatus.FAILED, finished_at=utcnow(), error=error)
+    )
+    if failed.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    record_audit_events(session, session.get_one(Audit, audit_id, populate_existing=True))
+    return True
 
 
 def complete_audit(sessions: sessionmaker[Session], audit_id: uuid.UUID) -> bool:
@@ -333,6 +340,7 @@ def _finish(
             return None
         if report is not None:
             session.add(AuditReport(audit_id=audit_id, report=report.model_dump(mode="json")))
+        record_audit_events(session, session.get_one(Audit, audit_id, populate_existing=True))
     return status
 
 

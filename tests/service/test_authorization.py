@@ -107,6 +107,11 @@ class World:
         assert response.status_code == 201, response.text
         return name
 
+    def create_webhook(self) -> str:
+        response = self.client.post("/v1/webhooks", headers=self.headers["write"], json=HOOK)
+        assert response.status_code == 201, response.text
+        return self._remember(response.json()["id"])
+
     def audit_body(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "probe_set_id": self.probe_set_id, "config": CONFIG}
 
@@ -128,6 +133,10 @@ class Row:
     ok: frozenset[int]
     request: Callable[[World], tuple[str, dict[str, Any]]]
     tenant_scoped: bool
+
+
+# Loopback: the world's settings allow private destinations (nothing is ever delivered).
+HOOK = {"url": "http://127.0.0.1:9/hook", "events": ["audit.succeeded"]}
 
 
 def policy_body(name: str) -> dict[str, Any]:
@@ -193,6 +202,21 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("DELETE", "/v1/policies/{name}"): Row(
         Scope.WRITE, frozenset({204}), lambda w: (f"/v1/policies/{w.create_policy()}", {}), True
     ),
+    ("POST", "/v1/webhooks"): Row(
+        Scope.WRITE, frozenset({201}), lambda w: ("/v1/webhooks", {"json": HOOK}), False
+    ),
+    ("GET", "/v1/webhooks"): Row(
+        Scope.READ, frozenset({200}), lambda w: ("/v1/webhooks", {}), False
+    ),
+    ("DELETE", "/v1/webhooks/{subscription_id}"): Row(
+        Scope.WRITE, frozenset({204}), lambda w: (f"/v1/webhooks/{w.create_webhook()}", {}), True
+    ),
+    ("GET", "/v1/webhooks/{subscription_id}/deliveries"): Row(
+        Scope.READ,
+        frozenset({200}),
+        lambda w: (f"/v1/webhooks/{w.create_webhook()}/deliveries", {}),
+        True,
+    ),
     # The world's audits never ran: a caller who may read them gets 409 (not succeeded).
     ("GET", "/v1/compare"): Row(
         Scope.READ,
@@ -248,6 +272,7 @@ def test_every_v1_route_and_method_has_a_row_and_every_row_a_route(tmp_path):
 def world(app_and_keys, inputs):
     app, keys = app_and_keys
     record_audits(app)
+    app.state.settings.webhook_allow_private = True
     with app.state.sessions.begin() as session:
         alpha = session.scalars(select(Team).where(Team.name == "alpha")).one()
         _, admin = create_key(session, team=alpha, scope=Scope.ADMIN, pepper=PEPPER)

@@ -1,0 +1,1 @@
+"""Outgoing webhooks: subscriptions, a delivery outbox and its dispatcher."""
