@@ -7,15 +7,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
-from service.compare.schemas import ComparisonOut
-from service.compare.service import compare_audits
+from service.compare.schemas import ComparisonOut, TrendPoint
+from service.compare.service import compare_audits, model_trend
 from service.deps import Reader, SessionDep
 
-router = APIRouter(prefix="/v1/compare", tags=["compare"])
+router = APIRouter(prefix="/v1", tags=["compare"])
 MAX_AUDITS = 8
 
 
-@router.get("")
+@router.get("/compare")
 def compare(
     principal: Reader,
     session: SessionDep,
@@ -37,3 +37,17 @@ def compare(
     if len(set(ids)) != len(ids):
         raise HTTPException(422, "audits: an audit is listed twice")
     return compare_audits(session=session, team_id=principal.team_id, ids=ids)
+
+
+@router.get("/trend")
+def trend(
+    principal: Reader,
+    session: SessionDep,
+    model_name: Annotated[str, Query(min_length=1, max_length=200)],
+    probe_set_id: uuid.UUID | None = None,
+) -> list[TrendPoint]:
+    """Model lineage: every version of `model_name` (oldest first) with its latest succeeded
+    audit, on `probe_set_id` when given (to keep the numbers comparable)."""
+    return model_trend(
+        session=session, team_id=principal.team_id, model_name=model_name, probe_set_id=probe_set_id
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from pydantic import BaseModel, Field
 
@@ -34,6 +35,13 @@ class CandidateComparison(BaseModel):
         description="agreement per shift side by side; null when the shift sets differ"
     )
     layers: list[LayerDifference] = Field(description="layers present in both, by name")
+
+
+class TrendPoint(BaseModel):
+    model_id: uuid.UUID
+    version: str
+    model_created_at: datetime
+    audit: AuditOut | None = Field(description="the version's latest succeeded audit, if any")
 
 
 class ComparisonOut(BaseModel):

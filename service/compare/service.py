@@ -18,6 +18,7 @@ from service.compare.schemas import (
     ComparisonOut,
     LayerDifference,
     ShiftMapDifference,
+    TrendPoint,
 )
 from service.policies.schemas import HIGHER_IS_BETTER, NoRegression
 from shiftaudit.compare import compare
@@ -68,6 +69,36 @@ def compare_audits(*, session: Session, team_id: uuid.UUID, ids: list[uuid.UUID]
         audits=[AuditOut.model_validate(a) for a in audits],
         comparisons=comparisons,
     )
+
+
+def model_trend(
+    *, session: Session, team_id: uuid.UUID, model_name: str, probe_set_id: uuid.UUID | None
+) -> list[TrendPoint]:
+    """Every version of a model name, oldest first, with its latest succeeded audit."""
+    models = session.scalars(
+        select(ModelFile)
+        .where(ModelFile.team_id == team_id, ModelFile.name == model_name)
+        .order_by(ModelFile.created_at, ModelFile.id)
+    ).all()
+    query = select(Audit).where(
+        Audit.team_id == team_id,
+        Audit.status == AuditStatus.SUCCEEDED,
+        Audit.model_id.in_([m.id for m in models]),
+    )
+    if probe_set_id is not None:
+        query = query.where(Audit.probe_set_id == probe_set_id)
+    latest: dict[uuid.UUID, Audit] = {}
+    for audit in session.scalars(query.order_by(Audit.created_at, Audit.id)):
+        latest[audit.model_id] = audit  # later rows win
+    return [
+        TrendPoint(
+            model_id=m.id,
+            version=m.version,
+            model_created_at=m.created_at,
+            audit=AuditOut.model_validate(latest[m.id]) if m.id in latest else None,
+        )
+        for m in models
+    ]
 
 
 def _probe_values(session: Session, audit: Audit) -> dict[str, Any]:

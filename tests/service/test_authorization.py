@@ -217,6 +217,9 @@ MATRIX: dict[tuple[str, str], Row] = {
         lambda w: (f"/v1/webhooks/{w.create_webhook()}/deliveries", {}),
         True,
     ),
+    ("GET", "/v1/trend"): Row(
+        Scope.READ, frozenset({200}), lambda w: ("/v1/trend?model_name=m", {}), False
+    ),
     # The world's audits never ran: a caller who may read them gets 409 (not succeeded).
     ("GET", "/v1/compare"): Row(
         Scope.READ,

@@ -140,3 +140,20 @@ def test_finished_audits_carry_the_verdict_of_their_policies(app_and_keys, files
         "status": "passed",
         "policies": [{"name": "no-regression", "status": "passed", "reasons": []}],
     }
+
+    # The model's lineage: every version with its latest audit, oldest first.
+    trend = client.get(
+        "/v1/trend",
+        params={"model_name": "net", "probe_set_id": probe_set_id},
+        headers=_auth(keys, "alpha-read"),
+    ).json()
+    assert [(p["version"], p["audit"]["id"]) for p in trend] == [
+        ("v1", first["id"]),
+        ("v2", second["id"]),
+        ("v3", third["id"]),
+    ]
+    assert trend[1]["audit"]["consistency"] < trend[0]["audit"]["consistency"]
+    hidden = client.get(
+        "/v1/trend", params={"model_name": "net"}, headers=_auth(keys, "beta-admin")
+    )
+    assert hidden.json() == []
