@@ -14,12 +14,13 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.audits.models import Audit, AuditReport, AuditShard, AuditStatus, shard_spans
+from service.audits.models import Audit, AuditReport, AuditStatus
 from service.audits.schemas import AuditCreate, AuditOut
+from service.audits.service import add_audit, dispatch, request_hash
 from service.classifiers.models import ModelFile
 from service.db import utcnow
 from service.deps import Reader, SessionDep, SettingsDep, Writer
-from service.idempotency import IdempotencyDep, canonical_hash
+from service.idempotency import IdempotencyDep
 from service.pagination import Page, decode_cursor, newest_first, page_of
 from service.policies.repository import team_policies
 from service.probe_sets.models import ProbeSetFile
@@ -114,34 +115,20 @@ def create_audit(
     probe_set = TeamFiles(session, team_id, ProbeSetFile).get(body.probe_set_id)
     if probe_set is None:
         raise HTTPException(404, f"no probe set with id {body.probe_set_id} in your team")
-    shas = [model.sha256, probe_set.sha256]
-    config = body.config.model_dump(mode="json")
     policies = team_policies(session, team_id, body.policies)
-    request_hash = canonical_hash(
-        {"model_sha256": shas[0], "probe_set_sha256": shas[1], "config": config}
-        # Policies join the hash only when given, so earlier audits stay reusable.
-        | ({"policies": policies} if policies else {})
-    )
-    audit = _succeeded_with(session, team_id, request_hash) if reuse else None
+    same = request_hash(model=model, probe_set=probe_set, config=body.config, policies=policies)
+    audit = _succeeded_with(session, team_id, same) if reuse else None
     if audit is not None:
         status_code, out = 200, AuditOut.model_validate(audit).model_copy(update={"reused": True})
     else:
-        audit = Audit(
+        audit = add_audit(
+            session=session,
             team_id=team_id,
-            model_id=body.model_id,
-            probe_set_id=body.probe_set_id,
-            config=config,
-            status=AuditStatus.QUEUED,
-            progress=0.0,
-            request_hash=request_hash,
-            policies=policies or None,
-        )
-        session.add(audit)
-        session.flush()
-        spans = shard_spans(probe_set.image_count, settings.shard_probes)
-        session.add_all(
-            AuditShard(audit_id=audit.id, shard=i, probe_start=start, probe_stop=stop)
-            for i, (start, stop) in enumerate(spans)
+            model=model,
+            probe_set=probe_set,
+            config=body.config,
+            policies=policies,
+            shard_probes=settings.shard_probes,
         )
         status_code, out = 202, AuditOut.model_validate(audit)
     try:
@@ -154,8 +141,7 @@ def create_audit(
             raise
         return _with_location(replayed)
     if status_code == 202:
-        for shard in range(len(spans)):
-            request.app.state.queue.enqueue(audit.id, shard, device=body.config.runtime.device)
+        dispatch(session=session, queue=request.app.state.queue, audit=audit)
     response.status_code = status_code
     response.headers["Location"] = f"/v1/audits/{audit.id}"
     return out

@@ -1,0 +1,75 @@
+"""Creating audits: shared by POST /v1/audits and the registry hooks."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.audits.models import Audit, AuditShard, AuditStatus, shard_spans
+from service.classifiers.models import ModelFile
+from service.idempotency import canonical_hash
+from service.probe_sets.models import ProbeSetFile
+from shiftaudit.config import AuditConfig
+
+if TYPE_CHECKING:  # the queue imports the job runner, which imports this domain
+    from service.queue import AuditQueue
+
+
+def request_hash(
+    *, model: ModelFile, probe_set: ProbeSetFile, config: AuditConfig, policies: list[Any]
+) -> str:
+    """What makes two audit requests the same (a succeeded one may then be reused)."""
+    return canonical_hash(
+        {
+            "model_sha256": model.sha256,
+            "probe_set_sha256": probe_set.sha256,
+            "config": config.model_dump(mode="json"),
+        }
+        # Policies join the hash only when given, so earlier audits stay reusable.
+        | ({"policies": policies} if policies else {})
+    )
+
+
+def add_audit(
+    *,
+    session: Session,
+    team_id: uuid.UUID,
+    model: ModelFile,
+    probe_set: ProbeSetFile,
+    config: AuditConfig,
+    policies: list[dict[str, Any]],
+    shard_probes: int,
+) -> Audit:
+    """Add a queued audit and its shards to the session (the caller commits, then
+    dispatches)."""
+    audit = Audit(
+        team_id=team_id,
+        model_id=model.id,
+        probe_set_id=probe_set.id,
+        config=config.model_dump(mode="json"),
+        status=AuditStatus.QUEUED,
+        progress=0.0,
+        request_hash=request_hash(
+            model=model, probe_set=probe_set, config=config, policies=policies
+        ),
+        policies=policies or None,
+    )
+    session.add(audit)
+    session.flush()
+    spans = shard_spans(probe_set.image_count, shard_probes)
+    session.add_all(
+        AuditShard(audit_id=audit.id, shard=i, probe_start=start, probe_stop=stop)
+        for i, (start, stop) in enumerate(spans)
+    )
+    return audit
+
+
+def dispatch(*, session: Session, queue: AuditQueue, audit: Audit) -> None:
+    """Hand every shard of a committed audit to the queue."""
+    shards = session.scalars(select(AuditShard.shard).where(AuditShard.audit_id == audit.id))
+    device = AuditConfig.model_validate(audit.config).runtime.device
+    for shard in shards.all():
+        queue.enqueue(audit.id, shard, device=device)
