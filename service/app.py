@@ -20,6 +20,7 @@ from service.classifiers import endpoints as classifiers
 from service.compare import endpoints as compare
 from service.db import make_engine, session_factory, utcnow
 from service.deps import Reader
+from service.hooks import endpoints as hooks
 from service.policies import endpoints as policies
 from service.probe_sets import endpoints as probe_sets
 from service.queue import AuditQueue, EmbeddedQueue, queue_from_settings
@@ -80,6 +81,8 @@ def create_app(settings: Settings | None = None, queue: AuditQueue | None = None
     app.include_router(compare.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(policies.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(webhooks.router, responses=problems.PROBLEM_RESPONSES)
+    app.include_router(hooks.router, responses=problems.PROBLEM_RESPONSES)
+    app.include_router(hooks.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(probe_sets.router, responses=problems.PROBLEM_RESPONSES)
 
     @app.get("/healthz", tags=["operations"])

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
         description="A queued shard whose message is missing from the broker for "
         "longer (Redis restarted) is sent again.",
     )
+    hook_artifact_prefixes: list[str] = Field(
+        default_factory=list,
+        description="URL prefixes (scheme://host[:port]/path/) that POST /v1/hooks/generic may "
+        "fetch models from, as a JSON list; empty: the generic hook is off.",
+    )
     webhook_allow_private: bool = Field(
         False,
         description="Allow webhooks to private, loopback and reserved addresses "

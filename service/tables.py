@@ -4,6 +4,7 @@ from service import idempotency
 from service.audits import models as audits
 from service.classifiers import models as classifiers
 from service.db import Base
+from service.hooks import models as hooks
 from service.policies import models as policies
 from service.probe_sets import models as probe_sets
 from service.teams import models as teams
@@ -13,6 +14,7 @@ __all__ = [
     "Base",
     "audits",
     "classifiers",
+    "hooks",
     "idempotency",
     "policies",
     "probe_sets",

@@ -80,7 +80,7 @@ async def upload_model(
     request_hash = upload_fingerprint(request, upload.fields, artifact.sha256)
 
     def register() -> ModelUploaded:
-        return _register(
+        return register_model(
             session,
             storage,
             principal.team_id,
@@ -103,7 +103,7 @@ async def upload_model(
     )
 
 
-def _register(
+def register_model(
     session: Any,
     storage: ArtifactStorage,
     team_id: uuid.UUID,
@@ -112,6 +112,8 @@ def _register(
     filename: str,
     response: Response,
 ) -> ModelUploaded:
+    """A model row for stored bytes (or the team's existing row for them); refused bytes
+    are deleted unless something else holds them."""
     repository = TeamFiles(session, team_id, ModelFile)
     try:
         fields = parse_fields(raw_fields, UploadFields)

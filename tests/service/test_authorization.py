@@ -220,6 +220,26 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/v1/trend"): Row(
         Scope.READ, frozenset({200}), lambda w: ("/v1/trend?model_name=m", {}), False
     ),
+    ("PUT", "/v1/hooks/defaults"): Row(
+        Scope.WRITE,
+        frozenset({200}),
+        lambda w: ("/v1/hooks/defaults", {"json": {"probe_set_id": w.probe_set_id}}),
+        True,
+    ),
+    # Until defaults are set, a caller who may read them gets 404 (none yet).
+    ("GET", "/v1/hooks/defaults"): Row(
+        Scope.READ, frozenset({200, 404}), lambda w: ("/v1/hooks/defaults", {}), False
+    ),
+    # No artifact store is allowed in the world: an authorised call gets as far as 409/422.
+    ("POST", "/v1/hooks/generic"): Row(
+        Scope.WRITE,
+        frozenset({409, 422}),
+        lambda w: (
+            "/v1/hooks/generic",
+            {"json": {"model_url": "http://127.0.0.1:9/m.pt2", "name": "m", "version": "2"}},
+        ),
+        False,
+    ),
     # The world's audits never ran: a caller who may read them gets 409 (not succeeded).
     ("GET", "/v1/compare"): Row(
         Scope.READ,

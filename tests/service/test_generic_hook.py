@@ -1,0 +1,111 @@
+"""POST /v1/hooks/generic against a real artifact store on loopback."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from fastapi.testclient import TestClient
+
+from .test_audits_api import _auth, _wait
+from .test_compare_api import CONFIG, files  # noqa: F401 (fixture)
+
+
+class ArtifactStore:
+    """Serves files under /models/ to requests with the right bearer token."""
+
+    def __init__(self, objects: dict[str, bytes], token: str) -> None:
+        store = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                name = self.path.removeprefix("/models/")
+                if self.headers.get("Authorization") != f"Bearer {token}":
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                if name not in objects:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(objects[name])))
+                self.end_headers()
+                self.wfile.write(objects[name])
+                store.served.append(name)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.served: list[str] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.prefix = f"http://127.0.0.1:{self.server.server_address[1]}/models/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def store(files):  # noqa: F811
+    server = ArtifactStore({"net-2.pt2": files["aliasing"]}, token="registry-token")
+    yield server
+    server.close()
+
+
+def test_a_model_version_announced_by_a_registry_is_fetched_and_audited(
+    app_and_keys,
+    files,  # noqa: F811
+    store,
+):
+    app, keys = app_and_keys
+    app.state.settings.hook_artifact_prefixes = [store.prefix]
+    client = TestClient(app)
+    write = _auth(keys, "alpha-write")
+    hook = {
+        "model_url": store.prefix + "net-2.pt2",
+        "name": "net",
+        "version": "2",
+        "token": "registry-token",
+    }
+    assert client.post("/v1/hooks/generic", headers=write, json=hook).status_code == 409
+    probe_set_id = client.post(
+        "/v1/probe-sets",
+        headers=write,
+        data={"name": "phase"},
+        files={"file": ("p.zip", files["phase"])},
+    ).json()["id"]
+    client.post(
+        "/v1/policies",
+        headers=write,
+        json={"name": "gate", "thresholds": [{"metric": "consistency", "op": ">=", "value": 0.99}]},
+    )
+    defaults = {"probe_set_id": probe_set_id, "config": CONFIG, "policies": ["gate"]}
+    assert client.put("/v1/hooks/defaults", headers=write, json=defaults).status_code == 200
+
+    accepted = client.post("/v1/hooks/generic", headers=write, json=hook)
+    assert accepted.status_code == 202, accepted.text
+    body = accepted.json()
+    assert (body["model"]["name"], body["model"]["version"]) == ("net", "2")
+    assert body["model"]["registry_ref"] == hook["model_url"]
+    audit = _wait(client, keys, body["audit"]["id"])
+    assert audit["status"] == "succeeded"
+    assert audit["probe_set_id"] == probe_set_id
+    assert audit["policy"]["status"] == "failed"  # the stride-2 net aliases
+    assert store.served == ["net-2.pt2"]
+
+    wrong_token = client.post("/v1/hooks/generic", headers=write, json=hook | {"token": "x"})
+    assert wrong_token.status_code == 502
+    assert "answered 401" in wrong_token.text
+    elsewhere = client.post(
+        "/v1/hooks/generic",
+        headers=write,
+        json=hook | {"model_url": "http://169.254.169.254/latest/meta-data"},
+    )
+    assert elsewhere.status_code == 422
+    assert "not on an allowed artifact store" in elsewhere.text
+    app.state.settings.max_model_bytes = 100
+    too_large = client.post("/v1/hooks/generic", headers=write, json=hook)
+    assert too_large.status_code == 413
