@@ -133,11 +133,13 @@ def _deliver(
         ).encode()
     code, error, retry = None, None, False
     try:
-        check_destination(url, allow_private=allow_private)
+        pinned = check_destination(url, allow_private=allow_private)
         response = client.post(
-            url,
+            pinned.url,
             content=body,
+            extensions={"sni_hostname": pinned.tls_server_name},
             headers={
+                "Host": pinned.host_header,
                 "Content-Type": "application/json",
                 "X-Shiftaudit-Event": event,
                 "X-Shiftaudit-Delivery": str(delivery_id),

@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from fastapi.testclient import TestClient
 
+from service.webhooks.destinations import check_destination
 from tests.hostile_models import segfaulting_model
 
 from .test_audits_api import _auth, _wait
@@ -173,3 +174,9 @@ def test_internal_destinations_are_refused(app_and_keys, url, why):
     )
     assert response.status_code == 422
     assert why in response.json()["detail"]
+
+
+def test_a_delivery_connects_to_the_address_that_was_checked():
+    pinned = check_destination("https://localhost:8443/hook?x=1", allow_private=True)
+    assert pinned.url in ("https://127.0.0.1:8443/hook?x=1", "https://[::1]:8443/hook?x=1")
+    assert (pinned.host_header, pinned.tls_server_name) == ("localhost:8443", "localhost")
