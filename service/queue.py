@@ -123,10 +123,6 @@ class EmbeddedQueue:
         self._pending = {k: f for k, f in self._pending.items() if not f.done()}
         return set(self._pending)
 
-    def wait(self) -> list[str]:
-        """Block until every submitted shard is done (for tests and the demo)."""
-        return [future.result() for future in list(self._pending.values())]
-
     def ping(self) -> None:
         """The pool lives in this process: nothing to reach."""
 
