@@ -11,6 +11,7 @@ probes that changed did so in one direction more than chance allows.
 from __future__ import annotations
 
 import math
+from enum import StrEnum
 from typing import Literal
 
 import numpy as np
@@ -18,20 +19,46 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .metrics import resampled_means
 
-# Report metric name -> per-probe statistic (metrics.py).
-METRICS = {
-    "consistency": "consistency",
-    "flip_rate": "flip",
-    "mean_prob_change": "prob_change",
-    "mean_kl": "kl",
-    "invariant_fraction": "invariant",
-    "accuracy": "correct",
-    "shift_accuracy_mean": "shift_acc",
-    "worst_case_accuracy": "all_correct",
-    # Accuracy lost to shifts, per probe: unshifted correct minus the shifted outcome.
-    "worst_case_accuracy_drop": "all_correct_drop",
-    "shift_accuracy_drop": "shift_acc_drop",
+
+class Metric(StrEnum):
+    """A summary metric of the report (report.Summary), or an accuracy drop derived from two
+    of them: accuracy minus the shifted accuracy, in points of accuracy (0-1)."""
+
+    CONSISTENCY = "consistency"
+    FLIP_RATE = "flip_rate"
+    MEAN_PROB_CHANGE = "mean_prob_change"
+    MEAN_KL = "mean_kl"
+    INVARIANT_FRACTION = "invariant_fraction"
+    ACCURACY = "accuracy"
+    SHIFT_ACCURACY_MEAN = "shift_accuracy_mean"
+    WORST_CASE_ACCURACY = "worst_case_accuracy"
+    WORST_CASE_ACCURACY_DROP = "worst_case_accuracy_drop"
+    SHIFT_ACCURACY_DROP = "shift_accuracy_drop"
+
+
+# Metric -> its per-probe statistic (metrics.py).
+METRICS: dict[Metric, str] = {
+    Metric.CONSISTENCY: "consistency",
+    Metric.FLIP_RATE: "flip",
+    Metric.MEAN_PROB_CHANGE: "prob_change",
+    Metric.MEAN_KL: "kl",
+    Metric.INVARIANT_FRACTION: "invariant",
+    Metric.ACCURACY: "correct",
+    Metric.SHIFT_ACCURACY_MEAN: "shift_acc",
+    Metric.WORST_CASE_ACCURACY: "all_correct",
+    # Per probe: unshifted correct minus the shifted outcome.
+    Metric.WORST_CASE_ACCURACY_DROP: "all_correct_drop",
+    Metric.SHIFT_ACCURACY_DROP: "shift_acc_drop",
 }
+HIGHER_IS_BETTER = frozenset(
+    {
+        Metric.CONSISTENCY,
+        Metric.INVARIANT_FRACTION,
+        Metric.ACCURACY,
+        Metric.SHIFT_ACCURACY_MEAN,
+        Metric.WORST_CASE_ACCURACY,
+    }
+)
 SIGNIFICANCE = 0.05
 
 

@@ -20,8 +20,8 @@ from service.compare.schemas import (
     ShiftMapDifference,
     TrendPoint,
 )
-from service.policies.schemas import HIGHER_IS_BETTER, NoRegression
-from shiftaudit.compare import compare
+from service.policies.schemas import NoRegression
+from shiftaudit.compare import HIGHER_IS_BETTER, compare
 from shiftaudit.config import AuditConfig
 from shiftaudit.engine import probe_values
 from shiftaudit.report import ShardResult

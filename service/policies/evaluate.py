@@ -6,13 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 from service.policies.schemas import (
-    Metric,
     NoRegression,
     PolicyResult,
     PolicyRules,
     PolicyVerdict,
     Threshold,
 )
+from shiftaudit.compare import Metric
 
 
 def evaluate(

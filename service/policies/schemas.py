@@ -8,29 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Summary metrics (report.Summary) and two derived drops, in points of accuracy (0-1).
-Metric = Literal[
-    "consistency",
-    "flip_rate",
-    "mean_prob_change",
-    "mean_kl",
-    "invariant_fraction",
-    "accuracy",
-    "shift_accuracy_mean",
-    "worst_case_accuracy",
-    "worst_case_accuracy_drop",
-    "shift_accuracy_drop",
-]
-HIGHER_IS_BETTER = {
-    "consistency",
-    "invariant_fraction",
-    "accuracy",
-    "shift_accuracy_mean",
-    "worst_case_accuracy",
-}
+from shiftaudit.compare import Metric
 
-
-_INVARIANCE: list[Metric] = ["consistency", "invariant_fraction"]
+_INVARIANCE = [Metric.CONSISTENCY, Metric.INVARIANT_FRACTION]
 
 
 class Threshold(BaseModel):
