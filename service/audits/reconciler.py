@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.audits.models import Audit, AuditShard, AuditStatus
@@ -50,7 +50,12 @@ def reconcile_once(
     done: Counter[str] = Counter()
     resend: list[tuple[AuditShard, str]] = []
     with sessions.begin() as session:
-        for shard, audit in _stale_running(session, now - policy.stale_after):
+        stale = _shards_where(
+            session,
+            AuditShard.status == AuditStatus.RUNNING,
+            AuditShard.heartbeat_at < now - policy.stale_after,
+        )
+        for shard, audit in stale:
             if audit.status not in _OPEN:
                 _move(session, shard, AuditStatus.RUNNING, status=AuditStatus.CANCELLED)
             elif shard.attempts >= policy.max_attempts:
@@ -73,7 +78,13 @@ def reconcile_once(
                 done["requeued"] += 1
         waiting = queue.waiting()
         if waiting is not None:
-            for shard, audit in _queued_before(session, now - policy.resend_after):
+            queued = _shards_where(
+                session,
+                AuditShard.status == AuditStatus.QUEUED,
+                AuditShard.queued_at < now - policy.resend_after,
+                Audit.status.in_(_OPEN),
+            )
+            for shard, audit in queued:
                 if job_id(shard.audit_id, shard.shard) not in waiting:
                     _move(session, shard, AuditStatus.QUEUED, queued_at=now)
                     resend.append((shard, audit.config["runtime"]["device"]))
@@ -97,24 +108,12 @@ def reconcile_once(
     return done
 
 
-def _stale_running(session: Session, cutoff: datetime) -> list[tuple[AuditShard, Audit]]:
+def _shards_where(
+    session: Session, *conditions: ColumnElement[bool]
+) -> list[tuple[AuditShard, Audit]]:
+    """Shards matching `conditions`, each with its audit."""
     rows = session.execute(
-        select(AuditShard, Audit)
-        .join(Audit, Audit.id == AuditShard.audit_id)
-        .where(AuditShard.status == AuditStatus.RUNNING, AuditShard.heartbeat_at < cutoff)
-    ).all()
-    return [(shard, audit) for shard, audit in rows]
-
-
-def _queued_before(session: Session, cutoff: datetime) -> list[tuple[AuditShard, Audit]]:
-    rows = session.execute(
-        select(AuditShard, Audit)
-        .join(Audit, Audit.id == AuditShard.audit_id)
-        .where(
-            AuditShard.status == AuditStatus.QUEUED,
-            AuditShard.queued_at < cutoff,
-            Audit.status.in_(_OPEN),
-        )
+        select(AuditShard, Audit).join(Audit, Audit.id == AuditShard.audit_id).where(*conditions)
     ).all()
     return [(shard, audit) for shard, audit in rows]
 
