@@ -9,8 +9,8 @@ from fastapi import HTTPException
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.audits.endpoints import TeamAudits
 from service.audits.models import Audit, AuditReport, AuditShard, AuditStatus
+from service.audits.repository import TeamAudits
 from service.audits.schemas import AuditOut
 from service.classifiers.models import ModelFile
 from service.compare.schemas import (
