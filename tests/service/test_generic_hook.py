@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import pytest
 from fastapi.testclient import TestClient
 
+from .loopback import LoopbackServer, QuietHandler
 from .test_audits_api import _auth, _wait
 from .test_compare_api import CONFIG, files  # noqa: F401 (fixture)
 
 
-class ArtifactStore:
+class ArtifactStore(LoopbackServer):
     """Serves files under /models/ to requests with the right bearer token."""
 
     def __init__(self, objects: dict[str, bytes], token: str) -> None:
         store = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 name = self.path.removeprefix("/models/")
                 if self.headers.get("Authorization") != f"Bearer {token}":
@@ -35,17 +33,9 @@ class ArtifactStore:
                 self.wfile.write(objects[name])
                 store.served.append(name)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
         self.served: list[str] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.prefix = f"http://127.0.0.1:{self.server.server_address[1]}/models/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
+        self.prefix = f"{self.base_url}/models/"
 
 
 @pytest.fixture

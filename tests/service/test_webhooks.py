@@ -6,9 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from fastapi.testclient import TestClient
@@ -16,11 +14,12 @@ from fastapi.testclient import TestClient
 from service.webhooks.destinations import check_destination
 from tests.hostile_models import segfaulting_model
 
+from .loopback import LoopbackServer, QuietHandler
 from .test_audits_api import _auth, _wait
 from .test_compare_api import CONFIG, files  # noqa: F401 (fixture)
 
 
-class Receiver:
+class Receiver(LoopbackServer):
     """Answers POSTs with the next status of `statuses` (then 200) and keeps what came."""
 
     def __init__(self, statuses: list[int]) -> None:
@@ -28,23 +27,15 @@ class Receiver:
         self.received: list[tuple[dict[str, str], bytes]] = []
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.received.append((dict(self.headers), body))
                 self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
                 self.end_headers()
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
+        self.url = f"{self.base_url}/hook"
 
 
 def _verify(secret: str, headers: dict[str, str], body: bytes) -> None:
