@@ -21,11 +21,11 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.audits.models import Audit, AuditShard, AuditStatus
-from service.audits.runner import complete_audit, fail_audit
+from service.audits.runner import complete_audit, fail_audit, move_shard
 from service.db import make_engine, session_factory, utcnow
 from service.queue import AuditQueue, job_id, queue_from_settings
 from service.settings import Settings
@@ -119,17 +119,7 @@ def _shards_where(
 
 
 def _move(session: Session, shard: AuditShard, current: AuditStatus, **values: object) -> bool:
-    """Update a shard only if it is still in `current` (a worker may have moved it)."""
-    moved = session.execute(
-        update(AuditShard)
-        .where(
-            AuditShard.audit_id == shard.audit_id,
-            AuditShard.shard == shard.shard,
-            AuditShard.status == current,
-        )
-        .values(**values)
-    )
-    return bool(moved.rowcount)  # type: ignore[attr-defined]
+    return move_shard(session, shard.audit_id, shard.shard, [current], **values)
 
 
 def policy_from(settings: Settings) -> Policy:

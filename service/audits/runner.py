@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,18 +160,16 @@ class _Job:
                 self._update_shard(session, AuditStatus.QUEUED, status=AuditStatus.CANCELLED)
                 return self._status(session)
             now = utcnow()
-            claimed = session.execute(
-                update(AuditShard)
-                .where(*self._shard_key(), AuditShard.status == AuditStatus.QUEUED)
-                .values(
-                    status=AuditStatus.RUNNING,
-                    attempts=AuditShard.attempts + 1,
-                    worker=self.options.worker,
-                    started_at=now,
-                    heartbeat_at=now,
-                )
+            claimed = self._update_shard(
+                session,
+                AuditStatus.QUEUED,
+                status=AuditStatus.RUNNING,
+                attempts=AuditShard.attempts + 1,
+                worker=self.options.worker,
+                started_at=now,
+                heartbeat_at=now,
             )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            if not claimed:
                 return self._status(session)  # taken or finished: a redelivery does nothing
             session.execute(
                 update(Audit)
@@ -198,12 +196,7 @@ class _Job:
         return AuditShard.audit_id == self.audit_id, AuditShard.shard == self.shard
 
     def _update_shard(self, session: Session, *current: AuditStatus, **values: object) -> bool:
-        moved = session.execute(
-            update(AuditShard)
-            .where(*self._shard_key(), AuditShard.status.in_(current))
-            .values(**values)
-        )
-        return bool(moved.rowcount)  # type: ignore[attr-defined]
+        return move_shard(session, self.audit_id, self.shard, current, **values)
 
     def beat(self, progress: float) -> bool:
         """Write progress and heartbeat; False when the audit no longer runs (stop)."""
@@ -250,6 +243,27 @@ class _Job:
         _retry(lambda: self._write_shard(AuditStatus.SUCCEEDED, result))
         _retry(lambda: complete_audit(self.sessions, self.audit_id))
         return AuditStatus.SUCCEEDED
+
+
+def move_shard(
+    session: Session,
+    audit_id: uuid.UUID,
+    shard: int,
+    current: Iterable[AuditStatus],
+    **values: object,
+) -> bool:
+    """Update a shard only while it is in one of `current`: another process (a worker, the
+    reconciler) may have moved it first. True if it was updated."""
+    moved = session.execute(
+        update(AuditShard)
+        .where(
+            AuditShard.audit_id == audit_id,
+            AuditShard.shard == shard,
+            AuditShard.status.in_(list(current)),
+        )
+        .values(**values)
+    )
+    return bool(moved.rowcount)  # type: ignore[attr-defined]
 
 
 def fail_audit(session: Session, audit_id: uuid.UUID, error: str) -> bool:
