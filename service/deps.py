@@ -27,7 +27,9 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
+# Function scope: the commit runs before the response is sent, so a failed commit answers
+# 500 instead of a 2xx for rows that were never stored.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer sa_...`")
 
 

@@ -87,14 +87,34 @@ class TeamFiles(Generic[RowT]):
         self.session.flush()
         return row
 
+    def add_once(self, *, sha256: str, **fields: object) -> tuple[RowT, bool]:
+        """A new row for these bytes, or the row that a concurrent upload of the same bytes
+        added first (False). Call it before anything else is written in the transaction:
+        losing the race rolls the transaction back."""
+        try:
+            return self.add(sha256=sha256, **fields), True
+        except IntegrityError:
+            self.session.rollback()
+            winner = self.by_sha256(sha256)
+            if winner is None:
+                raise
+            return winner, False
+
     def page(
-        self, *, limit: int, after: tuple[datetime, uuid.UUID] | None, name: str | None
+        self,
+        *,
+        limit: int,
+        after: tuple[datetime, uuid.UUID] | None,
+        name: str | None,
+        sha256: str | None = None,
     ) -> list[RowT]:
         """Newest first; `after` is the (created_at, id) of the previous page's last row."""
         table = self.row_type
         query = self._select()
         if name is not None:
             query = query.where(table.name == name)
+        if sha256 is not None:
+            query = query.where(table.sha256 == sha256.lower())
         return list(self.session.scalars(newest_first(query, table, after=after, limit=limit)))
 
     def delete(self, row_id: uuid.UUID, *, storage: ArtifactStorage, missing: str) -> None:

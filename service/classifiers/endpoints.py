@@ -131,7 +131,7 @@ def register_model(
     if existing is not None:
         response.status_code = 200
         return ModelUploaded(**ModelOut.model_validate(existing).model_dump(), deduplicated=True)
-    row = repository.add(
+    row, added = repository.add_once(
         name=fields.name,
         version=fields.version,
         format=model_format.value,
@@ -140,8 +140,11 @@ def register_model(
         registry_ref=fields.registry_ref,
         class_names=fields.class_names,
     )
-    response.headers["Location"] = f"/v1/models/{row.id}"
-    return ModelUploaded(**ModelOut.model_validate(row).model_dump(), deduplicated=False)
+    if added:
+        response.headers["Location"] = f"/v1/models/{row.id}"
+    else:
+        response.status_code = 200
+    return ModelUploaded(**ModelOut.model_validate(row).model_dump(), deduplicated=not added)
 
 
 @router.get("")

@@ -192,7 +192,7 @@ def _register(
         if not bytes_in_use(session, artifact.sha256):
             storage.delete(artifact.sha256)
         raise
-    row = repository.add(
+    row, added = repository.add_once(
         name=fields.name,
         sha256=artifact.sha256,
         size_bytes=artifact.size,
@@ -201,8 +201,12 @@ def _register(
         label_summary=contents.label_summary,
         class_names=fields.class_names,
     )
-    response.headers["Location"] = f"/v1/probe-sets/{row.id}"
-    return ProbeSetUploaded(**ProbeSetOut.model_validate(row).model_dump(), deduplicated=False)
+    if added:
+        response.headers["Location"] = f"/v1/probe-sets/{row.id}"
+    else:
+        response.status_code = 200
+    out = ProbeSetOut.model_validate(row)
+    return ProbeSetUploaded(**out.model_dump(), deduplicated=not added)
 
 
 def _validate(

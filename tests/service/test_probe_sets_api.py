@@ -6,7 +6,9 @@ import hashlib
 import io
 import random
 import tarfile
+import threading
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -264,3 +266,27 @@ def test_loose_images_are_packed_reproducibly(app_and_keys):
     )
     assert single.status_code == 201
     assert single.json()["image_count"] == 1
+
+
+def test_concurrent_uploads_of_the_same_bytes_all_get_the_one_stored_row(app_and_keys):
+    """Uploads racing on the (team, sha256) constraint: one creates, the others are answered
+    as deduplicated, and every id answered exists (commits happen before responses)."""
+    app, keys = app_and_keys
+    archive = _zip({f"{i}.png": _noise_png(256) for i in range(12)})  # slow enough to overlap
+    start = threading.Barrier(4)
+
+    def upload(_: int):
+        with TestClient(app) as client:
+            start.wait()
+            return _upload(client, keys, "alpha-write", archive)
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(upload, range(4)))
+    assert sorted(a.status_code for a in answers) == [200, 200, 200, 201], [a.text for a in answers]
+    assert {a.json()["id"] for a in answers} == {answers[0].json()["id"]}
+    assert sum(a.json()["deduplicated"] for a in answers) == 3
+    client = TestClient(app)
+    got = client.get(f"/v1/probe-sets/{answers[0].json()['id']}", headers=_auth(keys, "alpha-read"))
+    assert got.status_code == 200
+    listed = client.get("/v1/probe-sets", headers=_auth(keys, "alpha-read")).json()["items"]
+    assert len(listed) == 1
