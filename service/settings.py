@@ -76,7 +76,8 @@ class Settings(BaseSettings):
     hook_artifact_prefixes: list[str] = Field(
         default_factory=list,
         description="URL prefixes (scheme://host[:port]/path/) that POST /v1/hooks/generic may "
-        "fetch models from, as a JSON list; empty: the generic hook is off.",
+        "fetch models from and MLflow tracking servers may be under, as a JSON list; empty: "
+        "both registry hooks are off.",
     )
     webhook_allow_private: bool = Field(
         False,

@@ -64,6 +64,7 @@ class World:
     inputs: dict[int, tuple[bytes, bytes]]
     headers: dict[str, dict[str, str]]
     model_id: str = ""
+    team_id: str = ""  # alpha's
     probe_set_id: str = ""
     audit_id: str = ""
     alpha_ids: set[str] = field(default_factory=set)
@@ -137,6 +138,8 @@ class Row:
 
 # Loopback: the world's settings allow private destinations (nothing is ever delivered).
 HOOK = {"url": "http://127.0.0.1:9/hook", "events": ["audit.succeeded"]}
+# The world's one allowed tracking server (never reached); the generic hook's URL is not under it.
+MLFLOW = "http://127.0.0.1:9/mlflow"
 
 
 def policy_body(name: str) -> dict[str, Any]:
@@ -240,6 +243,24 @@ MATRIX: dict[tuple[str, str], Row] = {
         ),
         False,
     ),
+    ("PUT", "/v1/hooks/mlflow/connection"): Row(
+        Scope.WRITE,
+        frozenset({200, 201}),
+        lambda w: ("/v1/hooks/mlflow/connection", {"json": {"tracking_uri": MLFLOW}}),
+        False,
+    ),
+    # Until a connection is made, a caller who may read or delete it gets 404 (none yet).
+    ("GET", "/v1/hooks/mlflow/connection"): Row(
+        Scope.READ, frozenset({200, 404}), lambda w: ("/v1/hooks/mlflow/connection", {}), False
+    ),
+    ("DELETE", "/v1/hooks/mlflow/connection"): Row(
+        Scope.WRITE, frozenset({204, 404}), lambda w: ("/v1/hooks/mlflow/connection", {}), False
+    ),
+    # MLflow's webhook: no API key lets a delivery in, only its signature (none here): 401 for
+    # every caller, whatever key it sends.
+    ("POST", "/v1/hooks/mlflow"): Row(
+        Scope.READ, frozenset({401}), lambda w: (f"/v1/hooks/mlflow?team={w.team_id}", {}), False
+    ),
     # The world's audits never ran: a caller who may read them gets 409 (not succeeded).
     ("GET", "/v1/compare"): Row(
         Scope.READ,
@@ -296,6 +317,7 @@ def world(app_and_keys, inputs):
     app, keys = app_and_keys
     record_audits(app)
     app.state.settings.webhook_allow_private = True
+    app.state.settings.hook_artifact_prefixes = [f"{MLFLOW}/"]
     with app.state.sessions.begin() as session:
         alpha = session.scalars(select(Team).where(Team.name == "alpha")).one()
         _, admin = create_key(session, team=alpha, scope=Scope.ADMIN, pepper=PEPPER)
@@ -312,11 +334,13 @@ def world(app_and_keys, inputs):
         inputs=inputs,
         headers={"no key": {}} | {k: {"Authorization": f"Bearer {v}"} for k, v in bearer.items()},
     )
+    world.team_id = str(alpha.id)
     world.model_id = world.upload_model(1)
     world.probe_set_id = world.upload_probe_set(1)
     world.audit_id = world.create_audit()
     with app.state.sessions.begin() as session:  # a report, as if the audit had run
-        session.add(AuditReport(audit_id=uuid.UUID(world.audit_id), report={"summary": {}}))
+        report = {"summary": {}, "input_size": [16, 16]}  # the thumbnail reads the size
+        session.add(AuditReport(audit_id=uuid.UUID(world.audit_id), report=report))
     return world
 
 
