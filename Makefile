@@ -3,7 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean system-packages
+
+# Debian packages the tests need, installed with apt-get when missing (CI runs as root).
+# docker-compose: tests/test_deployment.py validates docker-compose.yml (no engine needed).
+# chromium, chromium-driver: tests/ui drive Debian's Chromium (/usr/bin/chromium) headless.
+SYSTEM_PACKAGES := docker-compose chromium chromium-driver
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +28,21 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+test: lint system-packages
 	$(BIN)/pytest
+
+system-packages:
+	@missing="$$(for p in $(SYSTEM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done)"; \
+	if [ -n "$$missing" ]; then \
+	  command -v apt-get >/dev/null || { echo "install: $$missing" >&2; exit 1; }; \
+	  sudo=; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  [ -z "$$sudo" ] || command -v sudo >/dev/null || \
+	    { echo "as root, run: apt-get install $$missing" >&2; exit 1; }; \
+	  $$sudo apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+	    --no-install-recommends $$missing; \
+	fi
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/engine_throughput.py --size 128 --probes 48 --max-shift 2
