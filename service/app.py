@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -26,15 +25,13 @@ from service.probe_sets import endpoints as probe_sets
 from service.queue import AuditQueue, EmbeddedQueue, queue_from_settings
 from service.settings import Settings, get_settings
 from service.storage import storage_from_url
+from service.teams.schemas import Identity
+from service.ui import export as ui_export
+from service.ui import pages as ui_pages
 from service.webhooks import endpoints as webhooks
 from shiftaudit import __version__
 
 log = logging.getLogger(__name__)
-
-
-class Identity(BaseModel):
-    team: str
-    scope: str
 
 
 def create_app(settings: Settings | None = None, queue: AuditQueue | None = None) -> FastAPI:
@@ -82,8 +79,9 @@ def create_app(settings: Settings | None = None, queue: AuditQueue | None = None
     app.include_router(policies.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(webhooks.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(hooks.router, responses=problems.PROBLEM_RESPONSES)
-    app.include_router(hooks.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(probe_sets.router, responses=problems.PROBLEM_RESPONSES)
+    app.include_router(ui_export.router, responses=problems.PROBLEM_RESPONSES)
+    app.include_router(ui_pages.router)  # /ui: the dashboard (static pages, no data)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:

@@ -13,10 +13,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.audits.models import Audit, AuditReport, AuditStatus
+from service.audits.models import Audit, AuditStatus
 from service.audits.repository import AuditFilters, TeamAudits
 from service.audits.schemas import AuditCreate, AuditOut
 from service.audits.service import add_audit, dispatch, request_hash
+from service.audits.thumbnails import ShiftedProbe, input_size_of, render_png
 from service.classifiers.models import ModelFile
 from service.db import utcnow
 from service.deps import Reader, SessionDep, SettingsDep, Writer
@@ -25,6 +26,7 @@ from service.pagination import Page, decode_cursor, page_of
 from service.policies.repository import team_policies
 from service.probe_sets.models import ProbeSetFile
 from service.stored_files import TeamFiles
+from shiftaudit.config import AuditConfig
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
 
@@ -192,8 +194,39 @@ def cancel_audit(
 @router.get("/{audit_id}/report")
 def get_report(audit_id: uuid.UUID, principal: Reader, session: SessionDep) -> dict[str, Any]:
     """The engine's versioned report (schema: docs/report.schema.json)."""
-    audit = TeamAudits(session, principal.team_id).get(audit_id)
-    stored = session.get(AuditReport, audit.id)
-    if stored is None:
-        raise HTTPException(409, f"the audit is {audit.status.value}; no report (yet)")
-    return stored.report
+    _, report = TeamAudits(session, principal.team_id).report(audit_id)
+    return report
+
+
+@router.get(
+    "/{audit_id}/thumbnail",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "a PNG"}},
+)
+def get_thumbnail(
+    audit_id: uuid.UUID,
+    principal: Reader,
+    session: SessionDep,
+    settings: SettingsDep,
+    request: Request,
+    probe: Annotated[str, Query(min_length=1, max_length=1000, description="the probe's name")],
+    dy: Annotated[float, Query(description="a shift of the audit's sweep, in pixels")],
+    dx: Annotated[float, Query(description="a shift of the audit's sweep, in pixels")],
+) -> Response:
+    """A probe preprocessed and shifted by (dy, dx) as in the audit's sweep, as a small PNG
+    (for the worst cases of the report; the image is decoded, no model is loaded)."""
+    audit, report = TeamAudits(session, principal.team_id).report(audit_id)
+    probe_set = session.get_one(ProbeSetFile, audit.probe_set_id)
+    shifted = ShiftedProbe(
+        probe_set_sha256=probe_set.sha256,
+        config=AuditConfig.model_validate(audit.config),
+        input_size=input_size_of(report),
+        probe=probe,
+        dy=dy,
+        dx=dx,
+    )
+    png = render_png(shifted, storage=request.app.state.storage, settings=settings)
+    # The bytes never change for this URL; private: they belong to one team.
+    return Response(
+        png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"}
+    )

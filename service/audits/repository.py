@@ -5,13 +5,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import HTTPException
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from service.audits.models import Audit, AuditStatus
+from service.audits.models import Audit, AuditReport, AuditStatus
 from service.classifiers.models import ModelFile
 from service.pagination import newest_first
 
@@ -33,6 +33,14 @@ class TeamAudits:
         if row is None:
             raise HTTPException(404, NOT_FOUND)
         return row
+
+    def report(self, audit_id: uuid.UUID) -> tuple[Audit, dict[str, Any]]:
+        """The audit and its report; 409 while it has none (not succeeded, or not yet)."""
+        audit = self.get(audit_id)
+        stored = self.session.get(AuditReport, audit.id)
+        if stored is None:
+            raise HTTPException(409, f"the audit is {audit.status.value}; no report (yet)")
+        return audit, stored.report
 
     def page(
         self, *, limit: int, after: tuple[datetime, uuid.UUID] | None, filters: AuditFilters

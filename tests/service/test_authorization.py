@@ -271,6 +271,16 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/v1/audits/{audit_id}/report"): Row(
         Scope.READ, frozenset({200}), lambda w: (f"/v1/audits/{w.audit_id}/report", {}), True
     ),
+    # The dashboard's: a shift of the audit's sweep of a probe in its set, and the export.
+    ("GET", "/v1/audits/{audit_id}/thumbnail"): Row(
+        Scope.READ,
+        frozenset({200}),
+        lambda w: (f"/v1/audits/{w.audit_id}/thumbnail?probe=probe0000.png&dy=1&dx=0", {}),
+        True,
+    ),
+    ("GET", "/v1/audits/{audit_id}/report.html"): Row(
+        Scope.READ, frozenset({200}), lambda w: (f"/v1/audits/{w.audit_id}/report.html", {}), True
+    ),
 }
 
 
