@@ -18,9 +18,12 @@ from typing import Any
 
 import httpx
 
+from service.audits.schemas import AuditOut
 from shiftaudit.cli import format_summary
+from shiftaudit.config import AuditConfig
 from shiftaudit.errors import ShiftAuditError
 from shiftaudit.report import Report
+from shiftaudit_client import Client, api
 
 _CONFIG = {"sweep": {"mode": "circular", "max_shift": 4}}
 
@@ -54,9 +57,10 @@ def _demo(args: argparse.Namespace) -> int:
     server = subprocess.Popen([*cli, "serve", "--port", str(args.port)], env=env)
     base = f"http://127.0.0.1:{args.port}"
     try:
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}) as http:
+        with httpx.Client(base_url=base) as http:
             wait_ready(http, server)
-            report = _audit(http, model, Path(archive))
+        with Client(base, key) as client:
+            report = _audit(client, model, Path(archive))
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -80,37 +84,19 @@ def wait_ready(http: httpx.Client, server: subprocess.Popen[bytes]) -> None:
     raise ShiftAuditError("the server did not become ready within 60 s")
 
 
-def _audit(http: httpx.Client, model: Path, probes: Path) -> Report:
-    model_id = _created(
-        http.post(
-            "/v1/models", data={"name": "example"}, files={"file": (model.name, model.read_bytes())}
-        )
-    )["id"]
-    probe_set_id = _created(
-        http.post(
-            "/v1/probe-sets",
-            data={"name": "photos"},
-            files={"file": (probes.name, probes.read_bytes())},
-        )
-    )["id"]
-    audit = _created(
-        http.post(
-            "/v1/audits",
-            json={"model_id": model_id, "probe_set_id": probe_set_id, "config": _CONFIG},
-        )
+def _audit(client: Client, model: Path, probes: Path) -> Report:
+    model_id = client.send(api.upload_model(model, name="example")).id
+    probe_set_id = client.send(api.upload_probe_set(probes, name="photos")).id
+    config = AuditConfig.model_validate(_CONFIG)
+    audit = client.send(
+        api.create_audit(model_id=model_id, probe_set_id=probe_set_id, config=config)
     )
-    print(f"audit {audit['id']} queued", file=sys.stderr)
-    while audit["status"] in ("queued", "running"):
-        time.sleep(0.5)
-        audit = http.get(f"/v1/audits/{audit['id']}").json()
-        print(f"  {audit['status']:<9} {100 * audit['progress']:5.1f}%", file=sys.stderr)
-    if audit["status"] != "succeeded":
-        raise ShiftAuditError(f"the audit {audit['status']}: {audit['error']}")
-    return Report.model_validate(http.get(f"/v1/audits/{audit['id']}/report").json())
+    print(f"audit {audit.id} queued", file=sys.stderr)
 
+    def show(update: AuditOut) -> None:
+        print(f"  {update.status:<9} {100 * update.progress:5.1f}%", file=sys.stderr)
 
-def _created(response: httpx.Response) -> dict[str, Any]:
-    if response.status_code >= 400:
-        raise ShiftAuditError(f"{response.request.url.path}: {response.text}")
-    body: dict[str, Any] = response.json()
-    return body
+    audit = client.wait(audit.id, poll_s=0.5, on_update=show)
+    if audit.status != "succeeded":
+        raise ShiftAuditError(f"the audit {audit.status}: {audit.error}")
+    return client.send(api.get_report(audit.id))

@@ -19,7 +19,7 @@ import warnings
 import weakref
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -33,7 +33,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from shiftaudit.errors import ProbeSetError
 
-__all__ = ["Probe", "ProbeLimits", "ProbeSet", "open_probe_set"]
+__all__ = ["Probe", "ProbeLimits", "ProbeSet", "open_probe_set", "pack_directory", "pack_tar"]
 
 # MPO is how Pillow reports JPEGs carrying multi-picture data (common from phone cameras).
 _FORMATS = ("PNG", "JPEG", "WEBP")
@@ -195,6 +195,34 @@ def _open_archive(
     except BaseException:
         _remove_tree(tmp)
         raise
+
+
+def pack_tar(members: Mapping[str, Path], destination: Path) -> Path:
+    """A reproducible tar of `members` (member name -> file): sorted names and fixed
+    metadata, so the same files always give the same bytes and sha256."""
+    with tarfile.open(destination, "w", format=tarfile.USTAR_FORMAT) as bundle:
+        for name in sorted(members):
+            info = tarfile.TarInfo(name)
+            info.size = members[name].stat().st_size
+            info.mode = 0o644
+            with members[name].open("rb") as handle:
+                bundle.addfile(info, handle)
+    return destination
+
+
+def pack_directory(root: Path, destination: Path) -> Path:
+    """A probe directory (images, class sub-folders, labels.csv) as a reproducible tar;
+    hidden files are left out, as when the directory is audited directly."""
+    if not root.is_dir():
+        raise ProbeSetError(f"{root}: not a directory")
+    members = {
+        path.relative_to(root).as_posix(): path
+        for path in root.rglob("*")
+        if path.is_file() and not _ignored(path.relative_to(root).parts)
+    }
+    if not members:
+        raise ProbeSetError(f"{root}: no files to pack")
+    return pack_tar(members, destination)
 
 
 def _remove_tree(path: Path | None) -> None:

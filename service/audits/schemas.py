@@ -26,7 +26,8 @@ class AuditCreate(BaseModel):
 
 
 class AuditOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    # Built from rows (`policy_result`) in the service, from JSON (`policy`) in the client.
+    model_config = ConfigDict(from_attributes=True, validate_by_name=True)
 
     id: uuid.UUID
     model_id: uuid.UUID

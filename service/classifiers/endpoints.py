@@ -154,11 +154,12 @@ def list_models(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
     name: str | None = None,
+    sha256: Annotated[str | None, Query(pattern="^[0-9a-fA-F]{64}$")] = None,
 ) -> Page[ModelOut]:
     """The team's models, newest first, one keyset page at a time."""
     after = decode_cursor(cursor) if cursor else None
     rows = TeamFiles(session, principal.team_id, ModelFile).page(
-        limit=limit + 1, after=after, name=name
+        limit=limit + 1, after=after, name=name, sha256=sha256
     )
     return page_of(rows, limit=limit, schema=ModelOut)
 

@@ -32,7 +32,7 @@ from service.stored_files import (
 )
 from service.uploads import MultipartUpload
 from shiftaudit.errors import ProbeSetError
-from shiftaudit.probes import ProbeLimits, open_probe_set
+from shiftaudit.probes import ProbeLimits, open_probe_set, pack_tar
 
 router = APIRouter(prefix="/v1/probe-sets", tags=["probe sets"])
 NOT_FOUND = "no probe set with this id in your team"
@@ -146,14 +146,7 @@ def _as_archive(parts: list[tuple[str, Path]], destination: Path) -> Path:
         if not name or name.startswith(".") or name in names:
             raise HTTPException(422, f"file: image part names must be distinct, got {filename!r}")
         names[name] = path
-    with tarfile.open(destination, "w", format=tarfile.USTAR_FORMAT) as bundle:
-        for name in sorted(names):
-            info = tarfile.TarInfo(name)
-            info.size = names[name].stat().st_size
-            info.mode = 0o644
-            with names[name].open("rb") as handle:
-                bundle.addfile(info, handle)
-    return destination
+    return pack_tar(names, destination)
 
 
 def _is_archive(path: Path) -> bool:
@@ -258,11 +251,12 @@ def list_probe_sets(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
     name: str | None = None,
+    sha256: Annotated[str | None, Query(pattern="^[0-9a-fA-F]{64}$")] = None,
 ) -> Page[ProbeSetOut]:
     """The team's probe sets, newest first, one keyset page at a time."""
     after = decode_cursor(cursor) if cursor else None
     rows = TeamFiles(session, principal.team_id, ProbeSetFile).page(
-        limit=limit + 1, after=after, name=name
+        limit=limit + 1, after=after, name=name, sha256=sha256
     )
     return page_of(rows, limit=limit, schema=ProbeSetOut)
 

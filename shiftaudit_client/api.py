@@ -1,0 +1,364 @@
+"""Every endpoint of the shiftaudit API as a `Call`: what to send and how to read the answer.
+
+A call is a value; `Client.send` and `AsyncClient.send` run it, so the sync and the async
+client share one definition of each endpoint and return the same typed results.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from service.audits.schemas import AuditOut
+from service.classifiers.schemas import ModelOut, ModelUploaded
+from service.compare.schemas import ComparisonOut, TrendPoint
+from service.hooks.endpoints import Defaults, HookAccepted
+from service.hooks.schemas import MlflowConnectionOut, MlflowConnectionSaved, MlflowEvent
+from service.pagination import Page
+from service.policies.schemas import NoRegression, PolicyOut, Threshold
+from service.probe_sets.schemas import ProbeSetOut, ProbeSetUploaded
+from service.teams.schemas import Identity
+from service.webhooks.endpoints import CreatedSubscription, DeliveryOut, SubscriptionOut
+from shiftaudit.config import AuditConfig
+from shiftaudit.report import Report
+
+T = TypeVar("T")
+ModelT = TypeVar("ModelT", bound=BaseModel)
+AuditStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+WebhookEvent = Literal["audit.succeeded", "audit.failed", "audit.policy_failed"]
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A multipart upload: one file, read from disk as it is sent, and text fields."""
+
+    path: Path
+    fields: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One request and the parser of its successful answer."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: Mapping[str, str | int | float] = field(default_factory=dict)
+    json: Any = None
+    upload: Upload | None = None
+
+
+def _model(schema: type[ModelT]) -> Callable[[httpx.Response], ModelT]:
+    return lambda response: schema.model_validate_json(response.content)
+
+
+def _adapter(kind: Any) -> Callable[[httpx.Response], Any]:
+    adapter: TypeAdapter[Any] = TypeAdapter(kind)
+    return lambda response: adapter.validate_json(response.content)
+
+
+def _nothing(response: httpx.Response) -> None:
+    return None
+
+
+def _text(response: httpx.Response) -> str:
+    return response.text
+
+
+def _bytes(response: httpx.Response) -> bytes:
+    return response.content
+
+
+def _query(**values: object) -> dict[str, str | int | float]:
+    """Query parameters without the unset ones, ids and times as the API spells them."""
+    params: dict[str, str | int | float] = {}
+    for name, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, datetime):
+            params[name] = value.isoformat()
+        elif isinstance(value, int | float | str):
+            params[name] = value
+        else:
+            params[name] = str(value)
+    return params
+
+
+# Operations -----------------------------------------------------------------------------
+
+
+def me() -> Call[Identity]:
+    """The team and scope of the calling key."""
+    return Call("GET", "/v1/me", _model(Identity))
+
+
+def ready() -> Call[dict[str, str]]:
+    """Readiness: the database answers and the queue can take audits."""
+    return Call("GET", "/readyz", _adapter(dict[str, str]))
+
+
+# Models and probe sets ------------------------------------------------------------------
+
+
+def upload_model(
+    path: Path,
+    *,
+    name: str,
+    version: str = "1",
+    registry_ref: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> Call[ModelUploaded]:
+    """Upload an ONNX, TorchScript or torch.export file (deduplicated by content per team)."""
+    fields = {"name": name, "version": version}
+    if registry_ref is not None:
+        fields["registry_ref"] = registry_ref
+    if class_names is not None:
+        fields["class_names"] = TypeAdapter(list[str]).dump_json(list(class_names)).decode()
+    return Call("POST", "/v1/models", _model(ModelUploaded), upload=Upload(path, fields))
+
+
+def list_models(
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    name: str | None = None,
+    sha256: str | None = None,
+) -> Call[Page[ModelOut]]:
+    """One keyset page of the team's models, newest first."""
+    params = _query(limit=limit, cursor=cursor, name=name, sha256=sha256)
+    return Call("GET", "/v1/models", _model(Page[ModelOut]), params)
+
+
+def get_model(model_id: uuid.UUID) -> Call[ModelOut]:
+    return Call("GET", f"/v1/models/{model_id}", _model(ModelOut))
+
+
+def delete_model(model_id: uuid.UUID) -> Call[None]:
+    """Delete a model (409 while audits use it)."""
+    return Call("DELETE", f"/v1/models/{model_id}", _nothing)
+
+
+def upload_probe_set(
+    path: Path, *, name: str, class_names: Sequence[str] | None = None
+) -> Call[ProbeSetUploaded]:
+    """Upload a .zip or .tar(.gz) of images (`shiftaudit.probes.pack_directory` packs a
+    directory reproducibly)."""
+    fields = {"name": name}
+    if class_names is not None:
+        fields["class_names"] = TypeAdapter(list[str]).dump_json(list(class_names)).decode()
+    return Call("POST", "/v1/probe-sets", _model(ProbeSetUploaded), upload=Upload(path, fields))
+
+
+def list_probe_sets(
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    name: str | None = None,
+    sha256: str | None = None,
+) -> Call[Page[ProbeSetOut]]:
+    """One keyset page of the team's probe sets, newest first."""
+    params = _query(limit=limit, cursor=cursor, name=name, sha256=sha256)
+    return Call("GET", "/v1/probe-sets", _model(Page[ProbeSetOut]), params)
+
+
+def get_probe_set(probe_set_id: uuid.UUID) -> Call[ProbeSetOut]:
+    return Call("GET", f"/v1/probe-sets/{probe_set_id}", _model(ProbeSetOut))
+
+
+def delete_probe_set(probe_set_id: uuid.UUID) -> Call[None]:
+    """Delete a probe set (409 while audits use it)."""
+    return Call("DELETE", f"/v1/probe-sets/{probe_set_id}", _nothing)
+
+
+# Audits ---------------------------------------------------------------------------------
+
+
+def create_audit(
+    *,
+    model_id: uuid.UUID,
+    probe_set_id: uuid.UUID,
+    config: AuditConfig | None = None,
+    policies: Sequence[str] = (),
+    reuse: bool = True,
+) -> Call[AuditOut]:
+    """Queue an audit; an identical succeeded one is returned instead unless `reuse=False`."""
+    body = {
+        "model_id": str(model_id),
+        "probe_set_id": str(probe_set_id),
+        "config": (config or AuditConfig()).model_dump(mode="json"),
+        "policies": list(policies),
+    }
+    params = _query(reuse=None if reuse else "false")
+    return Call("POST", "/v1/audits", _model(AuditOut), params, json=body)
+
+
+def list_audits(
+    *,
+    limit: int = 50,
+    cursor: str | None = None,
+    status: AuditStatus | None = None,
+    model_id: uuid.UUID | None = None,
+    model_name: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    order: Literal["newest", "oldest"] = "newest",
+) -> Call[Page[AuditOut]]:
+    """One keyset page of the team's audits."""
+    params = _query(
+        limit=limit,
+        cursor=cursor,
+        status=status,
+        model_id=model_id,
+        model_name=model_name,
+        created_after=created_after,
+        created_before=created_before,
+        order=order,
+    )
+    return Call("GET", "/v1/audits", _model(Page[AuditOut]), params)
+
+
+def get_audit(audit_id: uuid.UUID) -> Call[AuditOut]:
+    """Status, progress, summary and policy verdict."""
+    return Call("GET", f"/v1/audits/{audit_id}", _model(AuditOut))
+
+
+def cancel_audit(audit_id: uuid.UUID) -> Call[AuditOut]:
+    return Call("POST", f"/v1/audits/{audit_id}/cancel", _model(AuditOut))
+
+
+def get_report(audit_id: uuid.UUID) -> Call[Report]:
+    """The engine's versioned report (409 until the audit succeeded)."""
+    return Call("GET", f"/v1/audits/{audit_id}/report", _model(Report))
+
+
+def get_report_html(audit_id: uuid.UUID) -> Call[str]:
+    """The report as one self-contained HTML file (charts and thumbnails inlined)."""
+    return Call("GET", f"/v1/audits/{audit_id}/report.html", _text)
+
+
+def get_thumbnail(audit_id: uuid.UUID, *, probe: str, dy: float, dx: float) -> Call[bytes]:
+    """A probe of the audit shifted by (dy, dx) as the model saw it: PNG bytes."""
+    params = _query(probe=probe, dy=dy, dx=dx)
+    return Call("GET", f"/v1/audits/{audit_id}/thumbnail", _bytes, params)
+
+
+# Comparison and lineage -----------------------------------------------------------------
+
+
+def compare(audit_ids: Sequence[uuid.UUID]) -> Call[ComparisonOut]:
+    """Each audit against the first: deltas, intervals, significance."""
+    params = _query(audits=",".join(str(a) for a in audit_ids))
+    return Call("GET", "/v1/compare", _model(ComparisonOut), params)
+
+
+def trend(*, model_name: str, probe_set_id: uuid.UUID | None = None) -> Call[list[TrendPoint]]:
+    """Every version of a model name, oldest first, with its latest succeeded audit."""
+    params = _query(model_name=model_name, probe_set_id=probe_set_id)
+    return Call("GET", "/v1/trend", _adapter(list[TrendPoint]), params)
+
+
+# Policies -------------------------------------------------------------------------------
+
+
+def create_policy(
+    *, name: str, thresholds: Sequence[Threshold] = (), no_regression: NoRegression | None = None
+) -> Call[PolicyOut]:
+    body = {
+        "name": name,
+        "thresholds": [t.model_dump(mode="json") for t in thresholds],
+        "no_regression": no_regression.model_dump(mode="json") if no_regression else None,
+    }
+    return Call("POST", "/v1/policies", _model(PolicyOut), json=body)
+
+
+def list_policies() -> Call[list[PolicyOut]]:
+    return Call("GET", "/v1/policies", _adapter(list[PolicyOut]))
+
+
+def get_policy(name: str) -> Call[PolicyOut]:
+    return Call("GET", f"/v1/policies/{name}", _model(PolicyOut))
+
+
+def delete_policy(name: str) -> Call[None]:
+    return Call("DELETE", f"/v1/policies/{name}", _nothing)
+
+
+# Outgoing webhooks ----------------------------------------------------------------------
+
+
+def create_webhook(*, url: str, events: Sequence[WebhookEvent]) -> Call[CreatedSubscription]:
+    """Subscribe a URL; the answer holds the signing secret, shown only this once."""
+    body = {"url": url, "events": list(events)}
+    return Call("POST", "/v1/webhooks", _model(CreatedSubscription), json=body)
+
+
+def list_webhooks() -> Call[list[SubscriptionOut]]:
+    return Call("GET", "/v1/webhooks", _adapter(list[SubscriptionOut]))
+
+
+def delete_webhook(subscription_id: uuid.UUID) -> Call[None]:
+    return Call("DELETE", f"/v1/webhooks/{subscription_id}", _nothing)
+
+
+def webhook_deliveries(subscription_id: uuid.UUID) -> Call[list[DeliveryOut]]:
+    """The latest 100 deliveries of a subscription."""
+    path = f"/v1/webhooks/{subscription_id}/deliveries"
+    return Call("GET", path, _adapter(list[DeliveryOut]))
+
+
+# Registry hooks -------------------------------------------------------------------------
+
+
+def set_hook_defaults(
+    *, probe_set_id: uuid.UUID, config: AuditConfig | None = None, policies: Sequence[str] = ()
+) -> Call[Defaults]:
+    """What registry hooks audit new model versions with."""
+    body = Defaults(probe_set_id=probe_set_id, config=config or AuditConfig(), policies=[*policies])
+    return Call("PUT", "/v1/hooks/defaults", _model(Defaults), json=body.model_dump(mode="json"))
+
+
+def get_hook_defaults() -> Call[Defaults]:
+    return Call("GET", "/v1/hooks/defaults", _model(Defaults))
+
+
+def generic_hook(
+    *, model_url: str, name: str, version: str, token: str | None = None
+) -> Call[HookAccepted]:
+    """Announce a model version on an allow-listed artifact store: fetched and audited."""
+    body = {"model_url": model_url, "name": name, "version": version, "token": token}
+    return Call("POST", "/v1/hooks/generic", _model(HookAccepted), json=body)
+
+
+def connect_mlflow(
+    *,
+    tracking_uri: str,
+    events: Sequence[MlflowEvent] = ("model_version.created",),
+    tracking_token: str | None = None,
+    rotate_secret: bool = False,
+) -> Call[MlflowConnectionSaved]:
+    """Connect the team's MLflow tracking server; the answer holds the webhook URL and, the
+    first time and on rotation, the webhook secret for `MlflowClient().create_webhook`."""
+    body = {
+        "tracking_uri": tracking_uri,
+        "events": list(events),
+        "tracking_token": tracking_token,
+        "rotate_secret": rotate_secret,
+    }
+    path = "/v1/hooks/mlflow/connection"
+    return Call("PUT", path, _model(MlflowConnectionSaved), json=body)
+
+
+def get_mlflow_connection() -> Call[MlflowConnectionOut]:
+    return Call("GET", "/v1/hooks/mlflow/connection", _model(MlflowConnectionOut))
+
+
+def delete_mlflow_connection() -> Call[None]:
+    """Disconnect: MLflow's deliveries for the team are refused from now on."""
+    return Call("DELETE", "/v1/hooks/mlflow/connection", _nothing)
