@@ -14,31 +14,13 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Protocol
 
 from service.audits.runner import job_options, run_shard
+from service.routing import RUN_SHARD_TASK, job_id
 from service.settings import Settings
-
-# The contract with the workers: this task name, two arguments (audit id as a string, shard
-# number), and one queue per kind of device an audit may run on.
-RUN_SHARD_TASK = "shiftaudit.run_shard"
-GPU_QUEUE, CPU_QUEUE, ANY_QUEUE = "audits.gpu", "audits.cpu", "audits.any"
-AUDIT_QUEUES = (GPU_QUEUE, CPU_QUEUE, ANY_QUEUE)
-
-
-def route_for(device: str) -> str:
-    """The queue for an audit's `runtime.device`: `auto` may run on any worker, the others
-    only where that device is."""
-    if device == "auto":
-        return ANY_QUEUE
-    return CPU_QUEUE if device == "cpu" else GPU_QUEUE
-
-
-def job_id(audit_id: uuid.UUID | str, shard: int) -> str:
-    """The message id of a shard's job: the reconciler looks for it in the broker."""
-    return f"{audit_id}/{shard}"
 
 
 class AuditQueue(Protocol):
-    def enqueue(self, audit_id: uuid.UUID, shard: int, *, device: str) -> None:
-        """Hand over a shard whose `queued` row is already committed."""
+    def enqueue(self, audit_id: uuid.UUID, shard: int, *, route: str) -> None:
+        """Hand over a shard whose `queued` row is already committed, for queue `route`."""
 
     def waiting(self) -> set[str] | None:
         """Job ids waiting in the queue now; None when the queue cannot tell."""
@@ -60,25 +42,25 @@ class CeleryQueue:
         self.app.conf.broker_connection_retry_on_startup = True
         self.redis_url = redis_url
 
-    def enqueue(self, audit_id: uuid.UUID, shard: int, *, device: str) -> None:
+    def enqueue(self, audit_id: uuid.UUID, shard: int, *, route: str) -> None:
         self.app.send_task(
             RUN_SHARD_TASK,
             args=[str(audit_id), shard],
-            queue=route_for(device),
+            queue=route,
             task_id=job_id(audit_id, shard),
         )
 
     def waiting(self) -> set[str]:
-        """Ids of the messages in the audit queues' Redis lists (kombu keeps one list per
-        queue, plus one per priority step, named queue + '\\x06\\x16' + step)."""
+        """Ids of the messages in the audit queues' Redis lists: every queue named audits.*,
+        GPU types included (kombu keeps one list per queue, plus one per priority step, named
+        queue + '\\x06\\x16' + step)."""
         import redis
 
         found: set[str] = set()
         with redis.Redis.from_url(self.redis_url) as client:
-            for queue in AUDIT_QUEUES:
-                for key in [queue.encode(), *client.scan_iter(match=f"{queue}\x06\x16*")]:
-                    for raw in client.lrange(key, 0, -1):
-                        found.add(json.loads(raw)["headers"]["id"])
+            for key in client.scan_iter(match="audits.*", _type="list"):
+                for raw in client.lrange(key, 0, -1):
+                    found.add(json.loads(raw)["headers"]["id"])
         return found
 
     def ping(self) -> None:
@@ -113,7 +95,7 @@ class EmbeddedQueue:
         )
         self._pending: dict[str, Future[str]] = {}
 
-    def enqueue(self, audit_id: uuid.UUID, shard: int, *, device: str) -> None:
+    def enqueue(self, audit_id: uuid.UUID, shard: int, *, route: str) -> None:
         key = job_id(audit_id, shard)
         self._pending[key] = self._pool.submit(
             run_shard, str(audit_id), shard, *self._urls, self._options

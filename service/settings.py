@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         description="A queued shard whose message is missing from the broker for "
         "longer (Redis restarted) is sent again.",
     )
+    gpu_types: list[str] = Field(
+        default_factory=list,
+        description="GPU types this deployment runs workers for (`shiftaudit worker "
+        "--gpu-type T`), as a JSON list; an audit that asks for one with `gpu_type` runs only "
+        "on those workers.",
+    )
     hook_artifact_prefixes: list[str] = Field(
         default_factory=list,
         description="URL prefixes (scheme://host[:port]/path/) that POST /v1/hooks/generic may "

@@ -186,14 +186,17 @@ def create_audit(
     probe_set_id: uuid.UUID,
     config: AuditConfig | None = None,
     policies: Sequence[str] = (),
+    gpu_type: str | None = None,
     reuse: bool = True,
 ) -> Call[AuditOut]:
-    """Queue an audit; an identical succeeded one is returned instead unless `reuse=False`."""
+    """Queue an audit (on workers of `gpu_type`, if given); an identical succeeded one is
+    returned instead unless `reuse=False`."""
     body = {
         "model_id": str(model_id),
         "probe_set_id": str(probe_set_id),
         "config": (config or AuditConfig()).model_dump(mode="json"),
         "policies": list(policies),
+        "gpu_type": gpu_type,
     }
     params = _query(reuse=None if reuse else "false")
     return Call("POST", "/v1/audits", _model(AuditOut), params, json=body)

@@ -60,6 +60,7 @@ def register(commands: Any) -> None:
     submit.add_argument("--step", type=int, metavar="S")
     submit.add_argument("--seed", type=int, metavar="N")
     submit.add_argument("--device", metavar="D", help="auto, cpu, cuda or cuda:N")
+    submit.add_argument("--gpu-type", metavar="T", help="run on workers for this GPU type")
     submit.add_argument("--wait", action="store_true", help="follow the audit to its end")
     submit.add_argument("--timeout", type=float, metavar="S", help="give up waiting after S s")
     submit.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -160,7 +161,11 @@ def _queue(client: Client, args: argparse.Namespace, config: AuditConfig) -> Aud
         model_id = _model_id(client, args.model, name, args.version, quiet=args.quiet)
         probe_set_id = _probe_set_id(client, probes, args.probes.name, quiet=args.quiet)
     call = api.create_audit(
-        model_id=model_id, probe_set_id=probe_set_id, config=config, policies=args.policy
+        model_id=model_id,
+        probe_set_id=probe_set_id,
+        config=config,
+        policies=args.policy,
+        gpu_type=args.gpu_type,
     )
     return client.send(call)
 

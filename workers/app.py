@@ -18,7 +18,7 @@ from celery import Celery, Task
 from sqlalchemy.exc import OperationalError
 
 from service.audits.runner import job_options, run_shard
-from service.queue import RUN_SHARD_TASK
+from service.routing import RUN_SHARD_TASK
 from service.settings import Settings, get_settings
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 from typing import Any
 
 from service.audits.runner import gpu_present
-from service.queue import ANY_QUEUE, CPU_QUEUE, GPU_QUEUE
+from service.routing import ANY_QUEUE, CPU_QUEUE, GPU_QUEUE, GPU_TYPE_NAME, gpu_type_queue
 from service.settings import get_settings
+from shiftaudit.errors import ConfigError
 
 
 def register(commands: Any) -> None:
@@ -28,8 +30,13 @@ def register(commands: Any) -> None:
         "--gpu", help="the GPU index this worker owns (sets CUDA_VISIBLE_DEVICES for it)"
     )
     worker.add_argument(
-        "--queues", help="comma-separated queues instead of the device's (e.g. per GPU type)"
+        "--gpu-type",
+        default=os.environ.get("SHIFTAUDIT_WORKER_GPU_TYPE") or None,
+        help="also take the audits that ask for this GPU type (gpu_type; one of the API's "
+        "SHIFTAUDIT_GPU_TYPES), which no other worker takes (default: "
+        "$SHIFTAUDIT_WORKER_GPU_TYPE)",
     )
+    worker.add_argument("--queues", help="comma-separated queues instead of the device's")
     worker.add_argument("--name", help="worker name (default: device@host)")
     worker.add_argument(
         "--threads",
@@ -46,9 +53,11 @@ def register(commands: Any) -> None:
     reconciler.set_defaults(handler=_reconciler)
 
 
-def worker_queues(device: str) -> list[str]:
-    """The queues a worker on `device` consumes: its own and the device-agnostic one."""
-    return [GPU_QUEUE if device == "gpu" else CPU_QUEUE, ANY_QUEUE]
+def worker_queues(device: str, gpu_type: str | None = None) -> list[str]:
+    """The queues a worker on `device` consumes: its GPU type's first, then its device's
+    and the device-agnostic one."""
+    typed = [gpu_type_queue(gpu_type)] if gpu_type else []
+    return [*typed, GPU_QUEUE if device == "gpu" else CPU_QUEUE, ANY_QUEUE]
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -56,7 +65,11 @@ def _worker(args: argparse.Namespace) -> int:
         # Set before anything could initialise CUDA; the sandboxed sweeps inherit it.
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
     device = args.device if args.device != "auto" else ("gpu" if gpu_present() else "cpu")
-    queues = args.queues.split(",") if args.queues else worker_queues(device)
+    if args.gpu_type is not None and not re.match(GPU_TYPE_NAME, args.gpu_type):
+        raise ConfigError(f"--gpu-type {args.gpu_type!r}: lower-case letters and digits, e.g. a100")
+    if args.gpu_type is not None and device != "gpu":
+        raise ConfigError("--gpu-type is for GPU workers (--device gpu)")
+    queues = args.queues.split(",") if args.queues else worker_queues(device, args.gpu_type)
     from workers.app import create_celery
 
     name = args.name or f"{device}{'' if args.gpu is None else args.gpu}@{socket.gethostname()}"

@@ -38,6 +38,7 @@ class Audit(RecordMixin, Base):
         ForeignKey("probe_sets.id", ondelete="RESTRICT")
     )
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    gpu_type: Mapped[str | None] = mapped_column(String(32), default=None)
     status: Mapped[AuditStatus] = mapped_column(
         Enum(AuditStatus, name="audit_status", values_callable=lambda e: [m.value for m in e]),
         default=AuditStatus.QUEUED,

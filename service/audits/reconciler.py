@@ -26,8 +26,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.audits.models import Audit, AuditShard, AuditStatus
 from service.audits.runner import complete_audit, fail_audit, move_shard
+from service.audits.service import audit_route
 from service.db import make_engine, session_factory, utcnow
-from service.queue import AuditQueue, job_id, queue_from_settings
+from service.queue import AuditQueue, queue_from_settings
+from service.routing import job_id
 from service.settings import Settings
 from service.webhooks.outbox import dispatch_due
 
@@ -74,7 +76,7 @@ def reconcile_once(
                 progress=0.0,
                 queued_at=now,
             ):
-                resend.append((shard, audit.config["runtime"]["device"]))
+                resend.append((shard, audit_route(audit)))
                 done["requeued"] += 1
         waiting = queue.waiting()
         if waiting is not None:
@@ -87,7 +89,7 @@ def reconcile_once(
             for shard, audit in queued:
                 if job_id(shard.audit_id, shard.shard) not in waiting:
                     _move(session, shard, AuditStatus.QUEUED, queued_at=now)
-                    resend.append((shard, audit.config["runtime"]["device"]))
+                    resend.append((shard, audit_route(audit)))
                     done["resent"] += 1
         merged = session.scalars(
             select(Audit.id).where(
@@ -99,8 +101,8 @@ def reconcile_once(
             )
         ).all()
     # Messages only after the commit: a worker must find the shard queued.
-    for shard, device in resend:
-        queue.enqueue(shard.audit_id, shard.shard, device=device)
+    for shard, route in resend:
+        queue.enqueue(shard.audit_id, shard.shard, route=route)
     for audit_id in merged:
         done["merged"] += complete_audit(sessions, audit_id)
     webhooks = dispatch_due(sessions, now=now, allow_private=policy.webhook_allow_private)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.audits.models import AuditStatus
 from service.policies.schemas import PolicyResult
+from service.routing import GPU_TYPE_NAME
 from shiftaudit.config import AuditConfig
 
 
@@ -22,6 +23,12 @@ class AuditCreate(BaseModel):
         default_factory=list,
         max_length=20,
         description="names of the team's policies to evaluate the finished audit against",
+    )
+    gpu_type: str | None = Field(
+        None,
+        pattern=GPU_TYPE_NAME,
+        description="run only on workers for this GPU type (one of the deployment's "
+        "SHIFTAUDIT_GPU_TYPES); needs runtime.device cuda or auto",
     )
 
 
@@ -43,6 +50,7 @@ class AuditOut(BaseModel):
     accuracy: float | None
     worst_case_accuracy: float | None
     config: AuditConfig
+    gpu_type: str | None = Field(None, description="the GPU type it was routed to, if any")
     policy: PolicyResult | None = Field(
         None,
         validation_alias="policy_result",

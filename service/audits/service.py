@@ -12,6 +12,7 @@ from service.audits.models import Audit, AuditShard, AuditStatus, shard_spans
 from service.classifiers.models import ModelFile
 from service.idempotency import canonical_hash
 from service.probe_sets.models import ProbeSetFile
+from service.routing import route_for
 from shiftaudit.config import AuditConfig
 
 if TYPE_CHECKING:  # the queue imports the job runner, which imports this domain
@@ -42,6 +43,7 @@ def add_audit(
     config: AuditConfig,
     policies: list[dict[str, Any]],
     shard_probes: int,
+    gpu_type: str | None = None,
 ) -> Audit:
     """Add a queued audit and its shards to the session (the caller commits, then
     dispatches)."""
@@ -50,6 +52,7 @@ def add_audit(
         model_id=model.id,
         probe_set_id=probe_set.id,
         config=config.model_dump(mode="json"),
+        gpu_type=gpu_type,
         status=AuditStatus.QUEUED,
         progress=0.0,
         request_hash=request_hash(
@@ -70,6 +73,10 @@ def add_audit(
 def dispatch(*, session: Session, queue: AuditQueue, audit: Audit) -> None:
     """Hand every shard of a committed audit to the queue."""
     shards = session.scalars(select(AuditShard.shard).where(AuditShard.audit_id == audit.id))
-    device = AuditConfig.model_validate(audit.config).runtime.device
     for shard in shards.all():
-        queue.enqueue(audit.id, shard, device=device)
+        queue.enqueue(audit.id, shard, route=audit_route(audit))
+
+
+def audit_route(audit: Audit) -> str:
+    """The queue of an audit's shards: by GPU type when it asked for one, else by device."""
+    return route_for(audit.config["runtime"]["device"], audit.gpu_type)

@@ -32,7 +32,7 @@ class RecordingQueue:
     def __init__(self) -> None:
         self.enqueued: list[uuid.UUID] = []
 
-    def enqueue(self, audit_id: uuid.UUID, shard: int, *, device: str) -> None:
+    def enqueue(self, audit_id: uuid.UUID, shard: int, *, route: str) -> None:
         self.enqueued.append(audit_id)
 
     def waiting(self) -> set[str]:

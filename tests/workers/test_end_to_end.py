@@ -8,7 +8,7 @@ import uuid
 import pytest
 import redis
 
-from service.queue import CPU_QUEUE
+from service.routing import CPU_QUEUE
 from shiftaudit.config import AuditConfig
 from shiftaudit.engine import run_audit
 from tests.nets import AliasingNet, export_program, noise_probes
@@ -90,11 +90,40 @@ def test_an_audit_is_routed_by_device_and_a_cpu_worker_never_takes_a_gpu_audit(d
     assert deployment.app.state.queue.waiting() == {f"{gpu_id}/0"}
 
 
+def test_an_audit_for_a_gpu_type_runs_only_on_a_worker_of_that_type(deploy, inputs):
+    deployment = deploy(gpu_types=["a100", "h100"])
+    # This machine has no GPU: `auto` audits run on the CPU of whichever worker takes them.
+    deployment.start_worker("h100", "gpu", "--gpu-type=h100")
+    model_id, probe_set_id = deployment.upload(*inputs)
+    created = deployment.client.post(
+        "/v1/audits",
+        headers=deployment.headers,
+        json={
+            "model_id": model_id,
+            "probe_set_id": probe_set_id,
+            "config": CONFIG | {"runtime": {"batch_size": 25, "device": "auto"}},
+            "gpu_type": "a100",
+        },
+    )
+    assert created.status_code == 202, created.text
+    audit_id = created.json()["id"]
+    untyped = deployment.submit(model_id, probe_set_id)  # device cpu: not for a GPU worker
+    time.sleep(3)
+    assert deployment.audit(audit_id)["status"] == "queued"
+    assert deployment.app.state.queue.waiting() == {f"{audit_id}/0", f"{untyped}/0"}
+    deployment.start_worker("a100", "gpu", "--gpu-type=a100")
+    assert deployment.wait(audit_id)["status"] == "succeeded"
+    (shard,) = deployment.shards(audit_id)
+    assert shard.worker is not None
+    assert shard.worker.startswith("a100@test")
+    assert deployment.audit(untyped)["status"] == "queued"
+
+
 def test_a_job_delivered_twice_runs_once_on_a_plain_celery_worker(deploy, inputs):
     deployment = deploy()
     audit_id = deployment.submit(*deployment.upload(*inputs))
     # The same message again, as a broker redelivery or a second reconciler would send it.
-    deployment.app.state.queue.enqueue(uuid.UUID(audit_id), 0, device="cpu")
+    deployment.app.state.queue.enqueue(uuid.UUID(audit_id), 0, route=CPU_QUEUE)
     with redis.Redis.from_url(deployment.broker.url) as client:
         assert client.llen(CPU_QUEUE) == 2
     deployment.start(
