@@ -45,15 +45,8 @@ def _demo(args: argparse.Namespace) -> int:
     env = {**os.environ, "SHIFTAUDIT_DATA_DIR": str(args.data_dir)}
     for name in ("DATABASE_URL", "REDIS_URL", "SHIFTAUDIT_DATABASE_URL", "SHIFTAUDIT_STORAGE_URL"):
         env.pop(name, None)
+    key = issue_key(env, team="demo", scope="write")
     cli = [sys.executable, "-m", "shiftaudit.cli"]
-    keys = subprocess.run(
-        [*cli, "keys", "create", "--team", "demo", "--scope", "write"],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    key = next(line.split()[-1] for line in keys.stdout.splitlines() if line.startswith("key:"))
     server = subprocess.Popen([*cli, "serve", "--port", str(args.port)], env=env)
     base = f"http://127.0.0.1:{args.port}"
     try:
@@ -67,6 +60,28 @@ def _demo(args: argparse.Namespace) -> int:
     print(format_summary(report))
     print(f"served by {base}; data in {args.data_dir}")
     return 0
+
+
+def issue_key(env: dict[str, str], *, team: str, scope: str) -> str:
+    """A new API key from `shiftaudit keys create`, run with `env` (its database)."""
+    created = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shiftaudit.cli",
+            "keys",
+            "create",
+            "--team",
+            team,
+            "--scope",
+            scope,
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return next(line.split()[-1] for line in created.stdout.splitlines() if line.startswith("key:"))
 
 
 def wait_ready(http: httpx.Client, server: subprocess.Popen[bytes]) -> None:

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shiftaudit.probes import ProbeLimits
+
 # Good enough for a laptop, refused in production (see `_no_default_secrets`).
 DEVELOPMENT_SECRET = "development-only-secret-change-me"
 
@@ -113,6 +115,16 @@ class Settings(BaseSettings):
             if self.database_url is None:
                 raise ValueError("DATABASE_URL must be set in production")
         return self
+
+    def probe_limits(self) -> ProbeLimits:
+        """The engine's limits for opening an uploaded probe set."""
+        return ProbeLimits(
+            max_archive_bytes=self.max_probe_set_bytes,
+            # Images barely compress, so a set unpacking past the upload limit is a bomb.
+            max_extracted_bytes=self.max_probe_set_bytes,
+            max_files=self.max_probe_images,
+            max_image_pixels=self.max_image_pixels,
+        )
 
     @property
     def resolved_storage_url(self) -> str:

@@ -8,12 +8,12 @@ could have modified it, and a tampered file must be fetched again, never used.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from service.storage import ArtifactStorage
+from shiftaudit.files import sha256_file
 
 
 class ArtifactCache:
@@ -29,7 +29,7 @@ class ArtifactCache:
     def use(self, sha256: str) -> Iterator[Path]:
         """The verified local copy of object `sha256`, fetched if missing or altered."""
         path = self.directory / sha256
-        if not (path.is_file() and _sha256(path) == sha256):
+        if not (path.is_file() and sha256_file(path) == sha256):
             self.storage.fetch(sha256, path)  # verifies while copying, renames into place
         os.utime(path)  # marks it recently used
         self._evict(keep=path)
@@ -43,11 +43,3 @@ class ArtifactCache:
                 break
             total -= path.stat().st_size
             path.unlink(missing_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()

@@ -99,10 +99,9 @@ def load_config(path: Path | None, overrides: dict[str, Any]) -> AuditConfig:
         raise ConfigError(f"invalid config: {problems}") from error
 
 
-def _audit(args: argparse.Namespace) -> int:
-    from .engine import run_audit  # torch import deferred so that --help stays fast
-
-    config = load_config(
+def config_from_args(args: argparse.Namespace) -> AuditConfig:
+    """The --config file with --mode, --max-shift, --step, --seed and --device on top."""
+    return load_config(
         args.config,
         {
             "sweep.mode": args.mode,
@@ -112,6 +111,12 @@ def _audit(args: argparse.Namespace) -> int:
             "runtime.device": args.device,
         },
     )
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .engine import run_audit  # torch import deferred so that --help stays fast
+
+    config = config_from_args(args)
     bar = None if args.quiet else ProgressBar(sys.stderr)
     cache = Path(os.environ.get("SHIFTAUDIT_CACHE_DIR", Path.home() / ".cache" / "shiftaudit"))
     report = run_audit(args.model, args.probes, config, progress=bar, tuning_cache=cache)

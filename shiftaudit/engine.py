@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import time
@@ -19,6 +18,7 @@ import torch
 from . import __version__
 from .config import AuditConfig, PreprocessConfig
 from .errors import ConfigError
+from .files import sha256_file
 from .layers import equivariance_profile
 from .metrics import ChunkStats, SweepAccumulator
 from .models import LoadedModel, ModelFormat, check_input_shape, load_model
@@ -286,14 +286,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"runtime.device is {name!r} but no CUDA device is available")
     return device
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def library_versions() -> dict[str, str]:

@@ -7,7 +7,6 @@ the command line would show in process lists and CI logs).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 import tempfile
@@ -18,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from service.audits.schemas import AuditOut
-from shiftaudit.cli import ProgressBar, format_summary, load_config
+from shiftaudit.cli import ProgressBar, config_from_args, format_summary
 from shiftaudit.config import AuditConfig
 from shiftaudit.errors import ShiftAuditError
+from shiftaudit.files import sha256_file
 from shiftaudit.probes import pack_directory
 from shiftaudit_client import api
 from shiftaudit_client.http import ApiError, Client, ServiceUnavailable, WaitTimeout
@@ -115,16 +115,7 @@ def _client() -> tuple[Client, str]:
 
 
 def _submit(args: argparse.Namespace) -> Exit:
-    config = load_config(
-        args.config,
-        {
-            "sweep.mode": args.mode,
-            "sweep.max_shift": args.max_shift,
-            "sweep.step": args.step,
-            "seed": args.seed,
-            "runtime.device": args.device,
-        },
-    )
+    config = config_from_args(args)
     for path in (args.model, args.probes):
         if not path.exists():
             raise ShiftAuditError(f"no such file or directory: {path}")
@@ -184,7 +175,7 @@ def _verdict(audit: AuditOut) -> Exit:
 
 def _model_id(client: Client, path: Path, name: str, version: str, *, quiet: bool) -> uuid.UUID:
     """The team's model with these bytes, uploading them only when the server lacks them."""
-    found = client.send(api.list_models(sha256=_sha256(path), limit=1)).items
+    found = client.send(api.list_models(sha256=sha256_file(path), limit=1)).items
     if found:
         print(f"model {found[0].id}: already on the server", file=sys.stderr)
         return found[0].id
@@ -196,7 +187,7 @@ def _model_id(client: Client, path: Path, name: str, version: str, *, quiet: boo
 
 def _probe_set_id(client: Client, path: Path, name: str, *, quiet: bool) -> uuid.UUID:
     """The team's probe set with these bytes, uploading them only when the server lacks them."""
-    found = client.send(api.list_probe_sets(sha256=_sha256(path), limit=1)).items
+    found = client.send(api.list_probe_sets(sha256=sha256_file(path), limit=1)).items
     if found:
         print(f"probe set {found[0].id}: already on the server", file=sys.stderr)
         return found[0].id
@@ -215,14 +206,6 @@ def _upload_bar(name: str) -> Callable[[int, int], None]:
             bar.close()
 
     return report
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _report(args: argparse.Namespace) -> Exit:

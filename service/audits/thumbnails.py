@@ -25,7 +25,7 @@ from service.storage import ArtifactStorage
 from shiftaudit.config import AuditConfig
 from shiftaudit.errors import ShiftAuditError
 from shiftaudit.preprocess import fit, source_geometry, upload
-from shiftaudit.probes import ProbeLimits, ProbeSet, open_probe_set
+from shiftaudit.probes import ProbeSet, open_probe_set
 from shiftaudit.shifts import ShiftGenerator, plan_shifts
 
 MAX_SIDE = 256  # larger model inputs are scaled down: a thumbnail, not the tensor
@@ -104,12 +104,7 @@ class _OpenProbeSets:
         if found is not None:
             self._sets.move_to_end(sha)
             return found
-        limits = ProbeLimits(
-            max_archive_bytes=settings.max_probe_set_bytes,
-            max_extracted_bytes=settings.max_probe_set_bytes,
-            max_files=settings.max_probe_images,
-            max_image_pixels=settings.max_image_pixels,
-        )
+        limits = settings.probe_limits()
         tmp_dir = (settings.data_dir / "tmp").resolve()
         tmp_dir.mkdir(parents=True, exist_ok=True)
         with storage.open_local(sha) as path:

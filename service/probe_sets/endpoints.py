@@ -32,7 +32,7 @@ from service.stored_files import (
 )
 from service.uploads import MultipartUpload
 from shiftaudit.errors import ProbeSetError
-from shiftaudit.probes import ProbeLimits, open_probe_set, pack_tar
+from shiftaudit.probes import open_probe_set, pack_tar
 
 router = APIRouter(prefix="/v1/probe-sets", tags=["probe sets"])
 NOT_FOUND = "no probe set with this id in your team"
@@ -210,13 +210,7 @@ def _validate(
     filename: str,
 ) -> _Contents:
     """Open the stored archive with the engine's loader, decoding every image; 422 if refused."""
-    limits = ProbeLimits(
-        max_archive_bytes=settings.max_probe_set_bytes,
-        # Images barely compress, so a set unpacking past the upload limit is a bomb.
-        max_extracted_bytes=settings.max_probe_set_bytes,
-        max_files=settings.max_probe_images,
-        max_image_pixels=settings.max_image_pixels,
-    )
+    limits = settings.probe_limits()
     tmp_dir = (settings.data_dir / "tmp").resolve()
     tmp_dir.mkdir(parents=True, exist_ok=True)
     with storage.open_local(sha256) as path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.demo import wait_ready
+from service.demo import issue_key, wait_ready
 from tests.nets import GlobalPoolNet, export_program, phase_probes
 from tests.workers.conftest import free_port
 
@@ -39,32 +39,11 @@ def service_environment(data_dir: Path) -> dict[str, str]:
     return env | {"SHIFTAUDIT_DATA_DIR": str(data_dir)}
 
 
-def create_key(env: dict[str, str], team: str, scope: str = "write") -> str:
-    created = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shiftaudit.cli",
-            "keys",
-            "create",
-            "--team",
-            team,
-            "--scope",
-            scope,
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return next(line.split()[-1] for line in created.stdout.splitlines() if line.startswith("key:"))
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[Served]:
     data_dir = tmp_path_factory.mktemp("served")
     env = service_environment(data_dir)
-    key = create_key(env, "pipelines")
+    key = issue_key(env, team="pipelines", scope="write")
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "shiftaudit.cli", "serve", "--port", str(port)],

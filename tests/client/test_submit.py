@@ -4,27 +4,15 @@ its exit status."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import httpx
 import pytest
 
 from shiftaudit_client.cli import Exit
+from tests.service.test_serve import _cli
 from tests.workers.conftest import free_port
 
 from .conftest import CONFIG
-
-
-def _shiftaudit(*args: str, env: dict[str, str], timeout: float = 300):
-    return subprocess.run(
-        [sys.executable, "-m", "shiftaudit.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +31,7 @@ def gate(served, tmp_path_factory):
 
 def test_a_model_that_passes_the_policy_exits_0_with_the_summary(served, inputs, gate):
     args = ["submit", str(inputs["invariant"]), str(inputs["probes"]), "--config", str(gate)]
-    result = _shiftaudit(*args, "--policy", "gate", "--wait", "--timeout", "240", env=served.env)
+    result = _cli(*args, "--policy", "gate", "--wait", "--timeout", "240", env=served.env)
     assert result.returncode == Exit.OK, result.stderr
     assert "consistency" in result.stdout
     assert "policy: passed (gate)" in result.stdout
@@ -51,7 +39,7 @@ def test_a_model_that_passes_the_policy_exits_0_with_the_summary(served, inputs,
     assert "model" in result.stderr
     assert "uploaded" in result.stderr
 
-    again = _shiftaudit(*args, "--policy", "gate", env=served.env)
+    again = _cli(*args, "--policy", "gate", env=served.env)
     assert again.returncode == Exit.OK, again.stderr
     assert "already on the server" in again.stderr  # neither file was sent again
     assert "uploaded" not in again.stderr
@@ -60,7 +48,7 @@ def test_a_model_that_passes_the_policy_exits_0_with_the_summary(served, inputs,
 
 def test_a_model_that_fails_the_policy_exits_1_with_the_reason(served, inputs, gate):
     args = ["submit", str(inputs["aliasing"]), str(inputs["probes"]), "--config", str(gate)]
-    result = _shiftaudit(*args, "--policy", "gate", "--wait", env=served.env)
+    result = _cli(*args, "--policy", "gate", "--wait", env=served.env)
     assert result.returncode == Exit.POLICY_FAILED, result.stderr
     assert "policy: FAILED" in result.stdout
     assert "gate: consistency" in result.stdout
@@ -87,7 +75,7 @@ def test_bad_input_exits_2_with_one_line_naming_the_problem(
         config.write_text(change["config"])
     policy = change.get("policy", "gate")
     args = ["submit", model, str(inputs["probes"]), "--config", str(config), "--policy", policy]
-    result = _shiftaudit(*args, "--wait", env=served.env)
+    result = _cli(*args, "--wait", env=served.env)
     assert result.returncode == Exit.BAD_INPUT, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("shiftaudit: error")]
     assert len(errors) == 1
@@ -97,7 +85,7 @@ def test_bad_input_exits_2_with_one_line_naming_the_problem(
 def test_an_unreachable_service_exits_5(served, inputs, gate):
     env = served.env | {"SHIFTAUDIT_URL": f"http://127.0.0.1:{free_port()}"}
     args = ["submit", str(inputs["invariant"]), str(inputs["probes"]), "--config", str(gate)]
-    result = _shiftaudit(*args, "--wait", env=env, timeout=120)
+    result = _cli(*args, "--wait", env=env, timeout=120)
     assert result.returncode == Exit.UNAVAILABLE, result.stderr
     assert "the service is unavailable (ConnectError" in result.stderr
 
@@ -106,7 +94,7 @@ def test_a_wait_that_runs_out_exits_4_and_the_audit_goes_on(served, inputs, gate
     config = tmp_path / "seed.json"
     config.write_text(json.dumps({**CONFIG, "seed": 11}))  # a new request: not reused
     args = ["submit", str(inputs["invariant"]), str(inputs["probes"]), "--config", str(config)]
-    result = _shiftaudit(*args, "--wait", "--timeout", "0", env=served.env)
+    result = _cli(*args, "--wait", "--timeout", "0", env=served.env)
     assert result.returncode == Exit.TIMED_OUT, result.stderr
     assert "still" in result.stderr
 
@@ -115,11 +103,11 @@ def test_report_and_compare_print_what_the_service_stored(served, inputs, gate, 
     runs = []
     for model in ("invariant", "aliasing"):
         args = ["submit", str(inputs[model]), str(inputs["probes"]), "--config", str(gate)]
-        result = _shiftaudit(*args, "--wait", env=served.env)
+        result = _cli(*args, "--wait", env=served.env)
         assert result.returncode == Exit.OK, result.stderr
         runs.append(result.stdout.splitlines()[0].rsplit("/", 1)[-1])
 
-    report = _shiftaudit("report", runs[1], "--format", "json", env=served.env)
+    report = _cli("report", runs[1], "--format", "json", env=served.env)
     assert report.returncode == 0, report.stderr
     stored = httpx.get(
         f"{served.url}/v1/audits/{runs[1]}/report",
@@ -127,7 +115,7 @@ def test_report_and_compare_print_what_the_service_stored(served, inputs, gate, 
     ).json()
     assert json.loads(report.stdout) == stored
 
-    compared = _shiftaudit("compare", *runs, env=served.env)
+    compared = _cli("compare", *runs, env=served.env)
     assert compared.returncode == 0, compared.stderr
     assert f"{runs[1]} against {runs[0]}: paired" in compared.stdout
     consistency = next(line for line in compared.stdout.splitlines() if "consistency" in line)
@@ -135,12 +123,10 @@ def test_report_and_compare_print_what_the_service_stored(served, inputs, gate, 
     assert consistency.endswith("significant")
 
     html = tmp_path / "report.html"
-    exported = _shiftaudit(
-        "report", runs[1], "--format", "html", "--out", str(html), env=served.env
-    )
+    exported = _cli("report", runs[1], "--format", "html", "--out", str(html), env=served.env)
     assert exported.returncode == 0, exported.stderr
     assert runs[1] in html.read_text()
 
-    missing = _shiftaudit("report", "00000000-0000-0000-0000-000000000000", env=served.env)
+    missing = _cli("report", "00000000-0000-0000-0000-000000000000", env=served.env)
     assert missing.returncode == Exit.BAD_INPUT
     assert "404" in missing.stderr
