@@ -138,7 +138,7 @@ def _submit(args: argparse.Namespace) -> Exit:
         if audit.status != "succeeded":
             return Exit(_fail(Exit.AUDIT_FAILED, f"the audit {audit.status}: {audit.error}"))
         print(format_summary(client.send(api.get_report(audit.id))))
-    print(f"report: {url}/v1/audits/{audit.id}/report")
+    print(f"report: {url}/ui/audits/{audit.id} (JSON: {url}/v1/audits/{audit.id}/report)")
     return _verdict(audit)
 
 

@@ -35,7 +35,9 @@ def test_a_model_that_passes_the_policy_exits_0_with_the_summary(served, inputs,
     assert result.returncode == Exit.OK, result.stderr
     assert "consistency" in result.stdout
     assert "policy: passed (gate)" in result.stdout
-    assert f"report: {served.url}/v1/audits/" in result.stdout
+    audit_id = result.stdout.splitlines()[0].rsplit("/", 1)[-1]
+    assert f"report: {served.url}/ui/audits/{audit_id}" in result.stdout
+    assert httpx.get(f"{served.url}/ui/audits/{audit_id}").status_code == 200
     assert "model" in result.stderr
     assert "uploaded" in result.stderr
 
