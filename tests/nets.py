@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +154,12 @@ def noise_probes(
             writer.writerow(["filename", "label"])
             writer.writerows(rows)
     return directory
+
+
+def zip_directory(directory: Path) -> bytes:
+    """The files of a probe directory as zip bytes, members sorted by name."""
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in sorted(directory.iterdir()):
+            bundle.write(path, path.name)
+    return archive.getvalue()

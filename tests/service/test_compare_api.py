@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
-import zipfile
-
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.nets import GlobalPoolNet, export_program, noise_probes, phase_probes
+from tests.nets import GlobalPoolNet, export_program, noise_probes, phase_probes, zip_directory
 
 from .conftest import record_audits
 from .test_audits_api import _auth, _wait
@@ -21,22 +18,14 @@ CONFIG = {
 }
 
 
-def _zip(directory):
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as bundle:
-        for path in sorted(directory.iterdir()):
-            bundle.write(path, path.name)
-    return archive.getvalue()
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("compare")
     return {
         "invariant": export_program(GlobalPoolNet(stride=1), root / "s1.pt2").read_bytes(),
         "aliasing": export_program(GlobalPoolNet(stride=2), root / "s2.pt2").read_bytes(),
-        "phase": _zip(phase_probes(root / "phase", 24)),
-        "noise": _zip(noise_probes(root / "noise", 12)),
+        "phase": zip_directory(phase_probes(root / "phase", 24)),
+        "noise": zip_directory(noise_probes(root / "noise", 12)),
     }
 
 

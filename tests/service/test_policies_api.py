@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.nets import GlobalPoolNet, export_program, phase_probes
+from tests.nets import GlobalPoolNet, export_program, phase_probes, zip_directory
 
 from .test_audits_api import _auth, _wait
-from .test_compare_api import CONFIG, _zip
+from .test_compare_api import CONFIG
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def files(tmp_path_factory):
         "v1": export_program(GlobalPoolNet(stride=1), root / "v1.pt2").read_bytes(),
         "v2": export_program(GlobalPoolNet(stride=2), root / "v2.pt2").read_bytes(),
         "v3": export_program(GlobalPoolNet(stride=1, seed=3), root / "v3.pt2").read_bytes(),
-        "phase": _zip(phase_probes(root / "phase", 24)),
+        "phase": zip_directory(phase_probes(root / "phase", 24)),
     }
 
 

@@ -8,12 +8,10 @@ is /usr/bin/chromium (`make test` installs it); Playwright never downloads one.
 from __future__ import annotations
 
 import csv
-import io
 import os
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,7 @@ from service.demo import wait_ready
 from service.migrate import upgrade
 from service.teams.models import Scope
 from service.teams.repository import create_key, get_or_create_team
-from tests.nets import DenseHeadNet, GlobalPoolNet, export_program, phase_probes
+from tests.nets import DenseHeadNet, GlobalPoolNet, export_program, phase_probes, zip_directory
 from tests.service.conftest import PEPPER
 from tests.service.test_serve import _free_port
 
@@ -107,11 +105,7 @@ def _labelled_zip(directory: Path) -> bytes:
         writer.writerow(["filename", "label"])
         for i, path in enumerate(sorted(directory.glob("*.png"))):
             writer.writerow([path.name, i % 5])
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as bundle:
-        for path in sorted(directory.iterdir()):
-            bundle.write(path, path.name)
-    return archive.getvalue()
+    return zip_directory(directory)
 
 
 @pytest.fixture(scope="session")
@@ -187,7 +181,9 @@ class Watched:
     foreign: list[str] = field(default_factory=list)
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API keeps an event loop running in this thread while it
+# is open, and asyncio.run() in a later test module would refuse to start.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.fail(

@@ -8,7 +8,6 @@ an operator would. Everything is stopped and dropped afterwards.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import signal
@@ -17,7 +16,6 @@ import subprocess
 import sys
 import time
 import uuid
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from service.queue import CeleryQueue
 from service.settings import Settings
 from service.teams.models import Scope
 from service.teams.repository import create_key, get_or_create_team
+from tests.nets import zip_directory
 from tests.postgres import fresh_database
 
 SHIFTAUDIT = Path(sys.executable).with_name("shiftaudit")
@@ -307,10 +306,6 @@ def deploy(tmp_path: Path, database: str, broker: RedisServer) -> Iterator[Any]:
 
 def zip_probes(directory: Path) -> Path:
     """The probe images of `directory` as a zip beside it."""
-    archive = io.BytesIO()
-    with zipfile.ZipFile(archive, "w") as bundle:
-        for path in sorted(directory.iterdir()):
-            bundle.write(path, path.name)
     target = directory.with_suffix(".zip")
-    target.write_bytes(archive.getvalue())
+    target.write_bytes(zip_directory(directory))
     return target
