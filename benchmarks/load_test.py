@@ -122,7 +122,7 @@ async def pipeline(
         if audit is None:
             continue
         submitted.append(audit.id)
-        while audit is None or audit.status in ("queued", "running"):
+        while audit is None or not audit.status.finished:
             await asyncio.sleep(1)
             audit = await record.timed("poll_audit", client.send(api.get_audit(audit.id)))
 

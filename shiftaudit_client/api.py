@@ -16,6 +16,7 @@ from typing import Any, Generic, Literal, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from service.audits.models import AuditStatus
 from service.audits.schemas import AuditOut
 from service.classifiers.schemas import ModelOut, ModelUploaded
 from service.compare.schemas import ComparisonOut, TrendPoint
@@ -26,13 +27,12 @@ from service.policies.schemas import NoRegression, PolicyOut, Threshold
 from service.probe_sets.schemas import ProbeSetOut, ProbeSetUploaded
 from service.teams.schemas import Identity
 from service.webhooks.endpoints import CreatedSubscription, DeliveryOut, SubscriptionOut
+from service.webhooks.endpoints import Event as WebhookEvent
 from shiftaudit.config import AuditConfig
 from shiftaudit.report import Report
 
 T = TypeVar("T")
 ModelT = TypeVar("ModelT", bound=BaseModel)
-AuditStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-WebhookEvent = Literal["audit.succeeded", "audit.failed", "audit.policy_failed"]
 
 
 @dataclass(frozen=True)

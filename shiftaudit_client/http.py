@@ -25,7 +25,6 @@ Progress = Callable[[int, int], None]
 """Called with (bytes sent, total bytes) while a file uploads."""
 
 RETRIED_STATUSES = frozenset({429, 502, 503, 504})
-FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 
 
 class ApiError(Exception):
@@ -178,7 +177,7 @@ class _Deadline:
 
     def finished(self, audit: AuditOut) -> bool:
         """Whether the audit finished; WaitTimeout once the time is up."""
-        if audit.status in FINISHED:
+        if audit.status.finished:
             return True
         if self.at is not None and time.monotonic() >= self.at:
             message = f"audit {self.audit_id} is still {audit.status} after {self.timeout} s"
