@@ -81,24 +81,24 @@ class TeamFiles(Generic[RowT]):
     def by_sha256(self, sha256: str) -> RowT | None:
         return self.session.scalar(self._select().where(self.row_type.sha256 == sha256))
 
-    def add(self, **fields: object) -> RowT:
-        row = self.row_type(**{"team_id": self.team_id, **fields})
-        self.session.add(row)
-        self.session.flush()
-        return row
-
     def add_once(self, *, sha256: str, **fields: object) -> tuple[RowT, bool]:
-        """A new row for these bytes, or the row that a concurrent upload of the same bytes
-        added first (False). Call it before anything else is written in the transaction:
-        losing the race rolls the transaction back."""
+        """The team's row for these bytes: added now (True), or the one it already had or
+        that a concurrent upload of the same bytes added first (False). Call it before
+        anything else is written in the transaction: losing the race rolls it back."""
+        existing = self.by_sha256(sha256)
+        if existing is not None:
+            return existing, False
+        row = self.row_type(**{"team_id": self.team_id, "sha256": sha256, **fields})
+        self.session.add(row)
         try:
-            return self.add(sha256=sha256, **fields), True
+            self.session.flush()
         except IntegrityError:
             self.session.rollback()
             winner = self.by_sha256(sha256)
             if winner is None:
                 raise
             return winner, False
+        return row, True
 
     def page(
         self,

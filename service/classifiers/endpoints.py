@@ -127,10 +127,6 @@ def register_model(
             message = str(error).replace(artifact.sha256, filename or "the upload")
             raise HTTPException(422, f"file: {message}") from error
         raise
-    existing = repository.by_sha256(artifact.sha256)
-    if existing is not None:
-        response.status_code = 200
-        return ModelUploaded(**ModelOut.model_validate(existing).model_dump(), deduplicated=True)
     row, added = repository.add_once(
         name=fields.name,
         version=fields.version,
