@@ -14,18 +14,23 @@ import uuid
 from collections.abc import Callable
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from service.audits.schemas import AuditOut
+from service.pagination import Page
+from service.stored_files import StoredFileOut
 from shiftaudit.cli import ProgressBar, config_from_args, format_summary
 from shiftaudit.config import AuditConfig
 from shiftaudit.errors import ShiftAuditError
 from shiftaudit.files import sha256_file
 from shiftaudit.probes import pack_directory
 from shiftaudit_client import api
+from shiftaudit_client.api import Call
 from shiftaudit_client.http import ApiError, Client, ServiceUnavailable, WaitTimeout
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+FoundT = TypeVar("FoundT", bound=StoredFileOut)
+StoredT = TypeVar("StoredT", bound=StoredFileOut)
 
 
 class Exit(IntEnum):
@@ -149,8 +154,22 @@ def _queue(client: Client, args: argparse.Namespace, config: AuditConfig) -> Aud
         if probes.is_dir():
             probes = pack_directory(probes, Path(scratch) / "probes.tar")
         name = args.name or args.model.stem
-        model_id = _model_id(client, args.model, name, args.version, quiet=args.quiet)
-        probe_set_id = _probe_set_id(client, probes, args.probes.name, quiet=args.quiet)
+        model_id = _on_server(
+            client,
+            api.list_models(sha256=sha256_file(args.model), limit=1),
+            api.upload_model(args.model, name=name, version=args.version),
+            kind="model",
+            detail=lambda model: model.format,
+            quiet=args.quiet,
+        )
+        probe_set_id = _on_server(
+            client,
+            api.list_probe_sets(sha256=sha256_file(probes), limit=1),
+            api.upload_probe_set(probes, name=args.probes.name),
+            kind="probe set",
+            detail=lambda probe_set: f"{probe_set.image_count} images",
+            quiet=args.quiet,
+        )
     call = api.create_audit(
         model_id=model_id,
         probe_set_id=probe_set_id,
@@ -173,31 +192,26 @@ def _verdict(audit: AuditOut) -> Exit:
     return Exit.POLICY_FAILED
 
 
-def _model_id(client: Client, path: Path, name: str, version: str, *, quiet: bool) -> uuid.UUID:
-    """The team's model with these bytes, uploading them only when the server lacks them."""
-    found = client.send(api.list_models(sha256=sha256_file(path), limit=1)).items
+def _on_server(
+    client: Client,
+    find: Call[Page[FoundT]],
+    upload: Call[StoredT],
+    *,
+    kind: str,
+    detail: Callable[[StoredT], str],
+    quiet: bool,
+) -> uuid.UUID:
+    """The team's copy of a file: the one `find` (by sha256) returns, else `upload`'s."""
+    found = client.send(find).items
     if found:
-        print(f"model {found[0].id}: already on the server", file=sys.stderr)
+        print(f"{kind} {found[0].id}: already on the server", file=sys.stderr)
         return found[0].id
-    call = api.upload_model(path, name=name, version=version)
-    model = client.send(call, progress=None if quiet else _upload_bar(path.name))
-    print(f"model {model.id}: uploaded ({model.format})", file=sys.stderr)
-    return model.id
+    stored = client.send(upload, progress=None if quiet else _upload_bar())
+    print(f"{kind} {stored.id}: uploaded ({detail(stored)})", file=sys.stderr)
+    return stored.id
 
 
-def _probe_set_id(client: Client, path: Path, name: str, *, quiet: bool) -> uuid.UUID:
-    """The team's probe set with these bytes, uploading them only when the server lacks them."""
-    found = client.send(api.list_probe_sets(sha256=sha256_file(path), limit=1)).items
-    if found:
-        print(f"probe set {found[0].id}: already on the server", file=sys.stderr)
-        return found[0].id
-    call = api.upload_probe_set(path, name=name)
-    probe_set = client.send(call, progress=None if quiet else _upload_bar(path.name))
-    print(f"probe set {probe_set.id}: uploaded ({probe_set.image_count} images)", file=sys.stderr)
-    return probe_set.id
-
-
-def _upload_bar(name: str) -> Callable[[int, int], None]:
+def _upload_bar() -> Callable[[int, int], None]:
     bar = ProgressBar(sys.stderr)
 
     def report(sent: int, total: int) -> None:
