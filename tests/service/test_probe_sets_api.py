@@ -7,11 +7,17 @@ import io
 import random
 import tarfile
 import threading
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 
 from fastapi.testclient import TestClient
 from PIL import Image
+from sqlalchemy import select
+
+from service.probe_sets.models import ProbeSetFile
+from service.stored_files import TeamFiles
+from service.teams.models import Team
 
 from ..test_probes import raw_png
 
@@ -276,9 +282,11 @@ def test_concurrent_uploads_of_the_same_bytes_all_get_the_one_stored_row(app_and
     start = threading.Barrier(4)
 
     def upload(_: int):
-        with TestClient(app) as client:
-            start.wait()
-            return _upload(client, keys, "alpha-write", archive)
+        # No `with`: entering a TestClient runs the app's lifespan, and four of them at once
+        # would each stop the one shared embedded runner on exit.
+        client = TestClient(app)
+        start.wait()
+        return _upload(client, keys, "alpha-write", archive)
 
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(upload, range(4)))
@@ -290,3 +298,39 @@ def test_concurrent_uploads_of_the_same_bytes_all_get_the_one_stored_row(app_and
     assert got.status_code == 200
     listed = client.get("/v1/probe-sets", headers=_auth(keys, "alpha-read")).json()["items"]
     assert len(listed) == 1
+
+
+def test_the_loser_of_a_race_to_store_the_same_bytes_gets_the_winners_row(app_and_keys):
+    """TeamFiles.add_once when its insert collides: the winner's row is still uncommitted
+    when the loser looks, so the loser's insert waits on it and then fails the unique
+    constraint; add_once answers with the winner's row instead of the error."""
+    app, _ = app_and_keys
+    sessions = app.state.sessions
+    with sessions() as session:
+        team_id = session.scalar(select(Team.id).where(Team.name == "alpha"))
+    fields = {
+        "name": "p",
+        "size_bytes": 1,
+        "image_count": 1,
+        "labelled": False,
+        "label_summary": {},
+        "class_names": None,
+    }
+    winning = sessions()
+    winner, added = TeamFiles(winning, team_id, ProbeSetFile).add_once(sha256="a" * 64, **fields)
+    assert added
+
+    def lose():
+        with sessions() as session:
+            row, added = TeamFiles(session, team_id, ProbeSetFile).add_once(
+                sha256="a" * 64, **fields
+            )
+            return row.id, added
+
+    with ThreadPoolExecutor(1) as pool:
+        loser = pool.submit(lose)
+        time.sleep(0.5)
+        assert not loser.done()  # its insert waits on the winner's uncommitted row
+        winning.commit()
+        assert loser.result(timeout=30) == (winner.id, False)
+    winning.close()
