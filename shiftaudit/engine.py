@@ -24,12 +24,11 @@ from .metrics import ChunkStats, SweepAccumulator
 from .models import LoadedModel, ModelFormat, check_input_shape, load_model
 from .preprocess import (
     Normaliser,
-    fit,
     model_input,
     source_geometry,
+    sources,
     standard_geometry,
     to_device,
-    upload,
 )
 from .probes import ProbeSet, open_probe_set
 from .report import LayerProfile, Provenance, Report, ShardResult
@@ -331,9 +330,12 @@ def _fitting_chunk(limit: int, *, per_probe: int, batch: int) -> int:
 
 
 def _chunks(indices: range, first: int, size: int) -> Iterator[range]:
-    yield indices[:first]
-    for start in range(first, len(indices), size):
-        yield indices[start : start + size]
+    """`first` probes, then twice as many each time up to `size`: the next chunk decodes (in
+    threads) while the device works through the current one, so it must not be much larger."""
+    start, length = 0, first
+    while start < len(indices):
+        yield indices[start : start + length]
+        start, length = start + length, min(size, 2 * length)
 
 
 def _sweep(
@@ -383,6 +385,9 @@ def _sweep(
     reduced: ChunkStats | None = None
     # The first chunk holds about one batch, so the device starts while the rest decodes.
     first = max(1, min(chunk_size, batch // per_probe))
+    # Every chunk is reduced at one shape, chunk_size probes (a short chunk padded): reduction
+    # kernels sum in an order that depends on the shape on a GPU, and a probe's statistics must
+    # not depend on which chunk, and so which shard, it fell in.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
         chunks = list(_chunks(indices, first, chunk_size))
         pending = _decode(pool, probes, chunks[0])
@@ -390,13 +395,14 @@ def _sweep(
             images = [f.result() for f in pending]
             if number + 1 < len(chunks):
                 pending = _decode(pool, probes, chunks[number + 1])
-            source = normalise(
-                torch.stack([fit(image, geometry) for image in upload(images, device)])
+            source = normalise(sources(images, geometry, device))
+            columns = to_device(
+                _padded(np.stack([_shift_columns(plan, config, i) for i in chunk]), chunk_size),
+                device,
             )
-            columns = to_device(np.stack([_shift_columns(plan, config, i) for i in chunk]), device)
             # Integer division, not repeat_interleave: that one reads a size back from the GPU.
             flat_probe = torch.arange(len(chunk) * per_probe, device=device) // per_probe
-            flat_shift = columns.reshape(-1)
+            flat_shift = columns[: len(chunk)].reshape(-1)
             for start in range(0, len(flat_shift), batch):
                 stop = min(len(flat_shift), start + batch)
                 probe_index, shift_index = flat_probe[start:stop], flat_shift[start:stop]
@@ -411,18 +417,21 @@ def _sweep(
                 if buffer is None:
                     num_classes = _check_outputs(out, model, probes, config, num_classes)
                     rows = chunk_size * per_probe
-                    buffer = torch.empty(rows, out.shape[1], device=device, dtype=out.dtype)
+                    # Zeros: the padding rows of the first short chunk are reduced too.
+                    buffer = torch.zeros(rows, out.shape[1], device=device, dtype=out.dtype)
                 buffer[start:stop] = out
                 done += stop - start
                 progress(0.95 * done / total, "sweep")
             assert buffer is not None
             labels = None
             if probes.has_labels:
-                labels = to_device(np.array([probes.probes[i].label for i in chunk]), device)
+                labels = to_device(
+                    _padded(np.array([probes.probes[i].label for i in chunk]), chunk_size), device
+                )
             if reduced is not None:
                 accumulator.absorb(reduced)
             reduced = accumulator.reduce(
-                logp=buffer[: len(flat_shift)].view(len(chunk), per_probe, -1),
+                logp=buffer.view(chunk_size, per_probe, -1),
                 shift_index=columns,
                 labels=labels,
                 probe_ids=list(chunk),
@@ -431,6 +440,11 @@ def _sweep(
     if reduced is not None:
         accumulator.absorb(reduced)
     return accumulator, num_classes
+
+
+def _padded(rows: np.ndarray, count: int) -> np.ndarray:
+    """`rows` with its first row repeated up to `count` rows."""
+    return np.concatenate([rows, np.repeat(rows[:1], count - len(rows), axis=0)])
 
 
 def _decode(pool: ThreadPoolExecutor, probes: ProbeSet, chunk: range) -> list[Future[np.ndarray]]:
@@ -486,7 +500,7 @@ def _layer_profile(
         return LayerProfile(available=False, reason="disabled in the config", probes=0, entries=[])
     geometry = standard_geometry(size, config.preprocess)
     normalise = Normaliser(config.preprocess, device=model.device)
-    images = upload([probes.load_image(i) for i in range(count)], model.device)
-    pixels = normalise(torch.stack([fit(image, geometry) for image in images]))
+    images = [probes.load_image(i) for i in range(count)]
+    pixels = normalise(sources(images, geometry, model.device))
     inputs = model_input(pixels, layout=layout, channels_last=False)
     return equivariance_profile(model, inputs, layout=layout, size=size)

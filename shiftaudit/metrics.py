@@ -124,10 +124,13 @@ class SweepAccumulator:
         """Reduce one chunk on its device: logp (b, L, C) at shift_index (b, L).
 
         Exhaustive sweeps give every shift in plan order (L = K); random pairs give t = 0 in
-        column 0, then the sampled pairs. Nothing here waits for the device: the result is
-        copied to the host asynchronously and folded in later by `absorb`.
+        column 0, then the sampled pairs. Rows past len(probe_ids) are padding: reduced with
+        the rest, so that every chunk is reduced at one shape, then dropped. Nothing here waits
+        for the device: the result is copied to the host asynchronously and folded in later
+        by `absorb`.
         """
         b, n_shifts, _ = logp.shape
+        n = len(probe_ids)
         device = logp.device
         ref = 0 if self.sampled else self.plan.zero_index
         top = logp.argmax(dim=2)  # (b, L)
@@ -166,22 +169,22 @@ class SweepAccumulator:
         stats["kl"] = ((p0 * logp0).sum(1, keepdim=True) - cross).clamp_min(0).double().sum(1)
         evaluated = n_shifts - 1 if self.sampled else n_shifts
         denominators["kl"] = denominators["shift_acc"] = evaluated
-        flat = shift_index.reshape(-1)
-        tallies = {"eval": self._tally(flat, None), "agree": self._tally(flat, agree)}
+        flat = shift_index[:n].reshape(-1)
+        tallies = {"eval": self._tally(flat, None), "agree": self._tally(flat, agree[:n])}
         if labels is not None:
             correct = top == labels[:, None]
             stats["correct"] = correct[:, ref].long()
             stats["shift_acc"] = correct[:, kl_cols].sum(1)
-            tallies["correct"] = self._tally(flat, correct)
+            tallies["correct"] = self._tally(flat, correct[:n])
             if not self.sampled:
                 stats["all_correct"] = correct.all(1).long()
         keep_worst = bool(self.worst_case_limit) and not self.sampled
         return ChunkStats(
-            per_probe=_to_host(stats),
+            per_probe=_to_host({key: value[:n] for key, value in stats.items()}),
             denominators=denominators,
             tallies=_to_host(tallies),
-            top=_to_host({"top": top})["top"] if keep_worst else None,
-            labels=None if labels is None else _to_host({"labels": labels})["labels"],
+            top=_to_host({"top": top[:n]})["top"] if keep_worst else None,
+            labels=None if labels is None else _to_host({"labels": labels[:n]})["labels"],
             probe_ids=probe_ids,
             names=names,
             ready=_event_after(device),

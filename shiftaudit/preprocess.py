@@ -57,11 +57,33 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
-def upload(images: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+def sources(
+    images: list[np.ndarray], geometry: SourceGeometry, device: torch.device
+) -> torch.Tensor:
+    """Decoded (h, w, 3) uint8 images -> (N, Hs, Ws, 3) float32 pixel units on `device`.
+
+    One host-to-device copy for all of them, and one resize per distinct image size: a chunk
+    of a probe set (usually of one size) costs a handful of kernels, not a few per image,
+    which on a GPU left the device idle while the host launched them.
+    """
+    pixels = _upload(images, device)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        by_size.setdefault((image.shape[0], image.shape[1]), []).append(i)
+    if len(by_size) == 1:
+        return _fit(torch.stack(pixels), geometry)
+    out = torch.empty(len(images), *geometry.size, 3, dtype=torch.float32, device=device)
+    for members in by_size.values():
+        group = _fit(torch.stack([pixels[i] for i in members]), geometry)
+        out[to_device(np.array(members), device)] = group
+    return out
+
+
+def _upload(images: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
     """Decoded images -> tensors on `device`, in one host-to-device copy for a GPU.
 
     Per-image copies cost a driver call each (about a millisecond, host blocked); packing
-    the chunk into one pinned buffer makes it one asynchronous copy.
+    them into one pinned buffer makes it one asynchronous copy.
     """
     if device.type != "cuda":
         return [torch.from_numpy(np.array(image)) for image in images]
@@ -78,10 +100,10 @@ def upload(images: list[np.ndarray], device: torch.device) -> list[torch.Tensor]
     ]
 
 
-def fit(image: torch.Tensor, geometry: SourceGeometry) -> torch.Tensor:
-    """(h, w, 3) uint8 -> (H, W, 3) float32 pixel units, antialiased bilinear like Pillow."""
-    tensor = image.permute(2, 0, 1)[None].float()
-    h, w = int(image.shape[0]), int(image.shape[1])
+def _fit(images: torch.Tensor, geometry: SourceGeometry) -> torch.Tensor:
+    """(N, h, w, 3) uint8 -> (N, H, W, 3) float32 pixel units, antialiased bilinear like Pillow."""
+    tensor = images.permute(0, 3, 1, 2).float()
+    h, w = int(images.shape[1]), int(images.shape[2])
     scale = geometry.shorter / min(h, w)
     new_h = max(round(h * scale), geometry.size[0])
     new_w = max(round(w * scale), geometry.size[1])
@@ -90,8 +112,8 @@ def fit(image: torch.Tensor, geometry: SourceGeometry) -> torch.Tensor:
             tensor, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
         )
     top, left = (new_h - geometry.size[0]) // 2, (new_w - geometry.size[1]) // 2
-    crop = tensor[0, :, top : top + geometry.size[0], left : left + geometry.size[1]]
-    return (crop.permute(1, 2, 0) / 255.0).clamp_(0.0, 1.0).contiguous()
+    crop = tensor[:, :, top : top + geometry.size[0], left : left + geometry.size[1]]
+    return (crop.permute(0, 2, 3, 1) / 255.0).clamp_(0.0, 1.0).contiguous()
 
 
 class Normaliser:

@@ -24,7 +24,7 @@ from service.settings import Settings
 from service.storage import ArtifactStorage
 from shiftaudit.config import AuditConfig
 from shiftaudit.errors import ShiftAuditError
-from shiftaudit.preprocess import fit, source_geometry, upload
+from shiftaudit.preprocess import source_geometry, sources
 from shiftaudit.probes import ProbeSet, open_probe_set
 from shiftaudit.shifts import ShiftGenerator, plan_shifts
 
@@ -68,11 +68,10 @@ def render_png(request: ShiftedProbe, *, storage: ArtifactStorage, settings: Set
             raise HTTPException(404, "probe: no image of this name in the audit's probe set")
         image = probes.load_image(index)
     cpu = torch.device("cpu")
-    (pixels,) = upload([image], cpu)
-    source = fit(pixels, source_geometry(plan, request.config.preprocess))
+    source = sources([image], source_geometry(plan, request.config.preprocess), cpu)
     fill = torch.tensor(request.config.sweep.fill, dtype=torch.float32) / 255.0
     generator = ShiftGenerator(plan, fill=fill, channels_first=False, device=cpu)
-    shifted = generator(source[None], torch.zeros(1, dtype=torch.int64), torch.tensor(matches[:1]))
+    shifted = generator(source, torch.zeros(1, dtype=torch.int64), torch.tensor(matches[:1]))
     rgb = (shifted[0].clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).numpy()
     picture = Image.fromarray(rgb)
     if max(picture.size) > MAX_SIDE:
