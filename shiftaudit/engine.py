@@ -385,9 +385,6 @@ def _sweep(
     reduced: ChunkStats | None = None
     # The first chunk holds about one batch, so the device starts while the rest decodes.
     first = max(1, min(chunk_size, batch // per_probe))
-    # Every chunk is reduced at one shape, chunk_size probes (a short chunk padded): reduction
-    # kernels sum in an order that depends on the shape on a GPU, and a probe's statistics must
-    # not depend on which chunk, and so which shard, it fell in.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
         chunks = list(_chunks(indices, first, chunk_size))
         pending = _decode(pool, probes, chunks[0])
@@ -396,6 +393,9 @@ def _sweep(
             if number + 1 < len(chunks):
                 pending = _decode(pool, probes, chunks[number + 1])
             source = normalise(sources(images, geometry, device))
+            # Every chunk is reduced at one shape, chunk_size probes (a short one padded): on
+            # a GPU reduction kernels sum in an order that depends on the shape, and a probe's
+            # statistics must not depend on which chunk, and so which shard, it fell in.
             columns = to_device(
                 _padded(np.stack([_shift_columns(plan, config, i) for i in chunk]), chunk_size),
                 device,

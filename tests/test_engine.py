@@ -27,12 +27,12 @@ from .nets import (
 )
 
 
-def _config(**sweep):
+def _config(*, device: str = "auto", **sweep):
     return AuditConfig.model_validate(
         {
             "preprocess": {"input_size": [16, 16], "resize": 16},
             "sweep": {"max_shift": 3, **sweep},
-            "runtime": {"batch_size": 24},
+            "runtime": {"batch_size": 24, "device": device},
             "bootstrap": 200,
         }
     )

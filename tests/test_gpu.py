@@ -6,28 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shiftaudit.config import AuditConfig
 from shiftaudit.engine import run_audit, sweep_shard
 from shiftaudit.sandbox import Limits, sweep_in_sandbox
 
 from .nets import AliasingNet, GlobalPoolNet, export_program, noise_probes, phase_probes
+from .test_engine import _config
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
 ]
 VOLATILE = {"wall_time_s", "stage_seconds", "started_at"}
-
-
-def _config(device: str, **sweep: object) -> AuditConfig:
-    return AuditConfig.model_validate(
-        {
-            "preprocess": {"input_size": [16, 16], "resize": 16},
-            "sweep": {"max_shift": 3, **sweep},
-            "runtime": {"batch_size": 24, "device": device},
-            "bootstrap": 200,
-        }
-    )
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +26,7 @@ def probes(tmp_path_factory):
 
 def test_circular_invariance_is_exact_on_the_gpu(tmp_path, probes):
     model = export_program(GlobalPoolNet(stride=1), tmp_path / "m.pt2")
-    report = run_audit(model, probes, _config("cuda", mode="circular"))
+    report = run_audit(model, probes, _config(device="cuda", mode="circular"))
     assert report.provenance.device.startswith("cuda:")
     assert report.summary.all.consistency.value == 1.0
     assert set(report.shift_map.agreement) == {1.0}
@@ -50,7 +39,7 @@ def test_circular_invariance_is_exact_on_the_gpu(tmp_path, probes):
 def test_stride_two_period_is_found_on_the_gpu(tmp_path):
     probes = phase_probes(tmp_path / "p", 32)
     model = export_program(GlobalPoolNet(stride=2, seed=3), tmp_path / "m.pt2")
-    report = run_audit(model, probes, _config("cuda", mode="circular", max_shift=4))
+    report = run_audit(model, probes, _config(device="cuda", mode="circular", max_shift=4))
     period = report.shift_map.period
     assert period is not None
     assert (period.dy, period.dx) == (2, 2)
@@ -70,8 +59,8 @@ def test_stride_two_period_is_found_on_the_gpu(tmp_path):
 )
 def test_gpu_and_cpu_reports_agree(tmp_path, probes, sweep):
     model = export_program(AliasingNet(seed=7), tmp_path / "m.pt2")
-    cpu = run_audit(model, probes, _config("cpu", **sweep))
-    gpu = run_audit(model, probes, _config("cuda", **sweep))
+    cpu = run_audit(model, probes, _config(device="cpu", **sweep))
+    gpu = run_audit(model, probes, _config(device="cuda", **sweep))
     # Float32 kernels differ in the last bits between devices; no prediction of this random
     # net is that close to a tie, so every agreement count is the same.
     assert gpu.shift_map.agreement == cpu.shift_map.agreement
@@ -86,7 +75,7 @@ def test_gpu_and_cpu_reports_agree(tmp_path, probes, sweep):
 
 def test_the_gpu_sweep_is_repeatable(tmp_path, probes):
     model = export_program(AliasingNet(), tmp_path / "m.pt2")
-    config = _config("cuda", mode="reflect")
+    config = _config(device="cuda", mode="reflect")
     first, second = run_audit(model, probes, config), run_audit(model, probes, config)
     strip = {"provenance": VOLATILE}
     assert first.model_dump(exclude=strip) == second.model_dump(exclude=strip)
@@ -94,7 +83,7 @@ def test_the_gpu_sweep_is_repeatable(tmp_path, probes):
 
 def test_a_gpu_workers_sandboxed_shard_equals_the_in_process_one(tmp_path, probes):
     model = export_program(AliasingNet(), tmp_path / "m.pt2")
-    config = _config("cuda", mode="circular", max_shift=2)
+    config = _config(device="cuda", mode="circular", max_shift=2)
     work = tmp_path / "work"
     work.mkdir()
     # As a GPU worker runs it: resident memory capped by the parent, no RLIMIT_DATA (the CUDA
