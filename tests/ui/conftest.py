@@ -1,8 +1,10 @@
 """A real server with real audits, and Debian's Chromium driven by Playwright.
 
-One uvicorn process on loopback (SQLite, local storage, the embedded runner) serves every
-test here; its audits run to `succeeded` on the tiny networks of tests/nets.py. The browser
-is /usr/bin/chromium (`make test` installs it); Playwright never downloads one.
+One uvicorn process on loopback (SQLite, local storage, a private redis-server) serves every
+test here, and a `shiftaudit worker` process runs its audits to `succeeded` on the tiny
+networks of tests/nets.py. With a real queue the tests decide when work runs: an audit
+submitted while no worker is up stays `queued` until one starts. The browser is
+/usr/bin/chromium (`make test` installs it); Playwright never downloads one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from service.teams.repository import create_key, get_or_create_team
 from tests.nets import DenseHeadNet, GlobalPoolNet, export_program, phase_probes, zip_directory
 from tests.service.conftest import PEPPER
 from tests.service.test_serve import _free_port
+from tests.workers.conftest import SHIFTAUDIT, RedisServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 # A model version that would run script if any page put data into markup.
@@ -56,7 +59,33 @@ class Server:
     base: str
     keys: dict[str, str]
     probes: Path
+    env: dict[str, str]
+    root: Path
     ids: dict[str, str] = field(default_factory=dict)
+    worker: subprocess.Popen[bytes] | None = None
+
+    def start_worker(self) -> None:
+        """Start a CPU worker as an operator would; return once it takes work."""
+        log_path = self.root / "worker.log"
+        with log_path.open("ab") as log:
+            self.worker = subprocess.Popen(
+                [str(SHIFTAUDIT), "worker", "--device=cpu", "--name=ui@test"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while "ready." not in log_path.read_text(errors="replace"):
+            if self.worker.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the worker did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+
+    def stop_worker(self) -> None:
+        """Stop the worker after its current shard (Celery's warm shutdown)."""
+        if self.worker is not None:
+            self.worker.terminate()
+            self.worker.wait(timeout=60)
+            self.worker = None
 
     def client(self, key: str = "alpha-write") -> httpx.Client:
         return httpx.Client(
@@ -81,12 +110,6 @@ class Server:
         assert response.status_code == 202, response.text
         return str(response.json()["id"])
 
-    def finished(self, key: str) -> str:
-        """The id of an audit of the fixture, once it has succeeded."""
-        with self.client() as http:
-            self.wait(http, self.ids[key])
-        return self.ids[key]
-
     def wait(self, http: httpx.Client, audit_id: str, timeout: float = 120.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -110,10 +133,12 @@ def _labelled_zip(directory: Path) -> bytes:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The service with two succeeded audits, model "tiny-net" version 1 (invariant) and
-    version 2 (stride 2: it aliases) on the same labelled probes, and a third one queued
-    behind them: "dense-head" on a canvas (`server.finished("audit_canvas")` waits for it)."""
+    """The service with three succeeded audits: model "tiny-net" version 1 (invariant) and
+    version 2 (stride 2: it aliases) on the same labelled probes, and "dense-head" on a
+    canvas. No worker is running when the tests start."""
     root = tmp_path_factory.mktemp("ui-server")
+    broker = RedisServer(root)
+    broker.start()
     url = f"sqlite:///{root / 'db.sqlite'}"
     upgrade(url)
     engine = make_engine(url)
@@ -128,9 +153,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("DATABASE_URL", "REDIS_URL", "SHIFTAUDIT_DATABASE_URL", "SHIFTAUDIT_REDIS_URL")
+        if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("SHIFTAUDIT_")
     }
-    env |= {"DATABASE_URL": url, "SHIFTAUDIT_SECRET_KEY": PEPPER, "SHIFTAUDIT_DATA_DIR": str(root)}
+    env |= {
+        "SHIFTAUDIT_DATABASE_URL": url,
+        "SHIFTAUDIT_REDIS_URL": broker.url,
+        "SHIFTAUDIT_SECRET_KEY": PEPPER,
+        "SHIFTAUDIT_DATA_DIR": str(root),
+        "SHIFTAUDIT_WORKER_CACHE_DIR": str(root / "worker-cache"),
+    }
     process = subprocess.Popen(
         [
             *(sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app"),
@@ -138,15 +169,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         ],
         env=env,
     )
-    server = Server(base=f"http://127.0.0.1:{port}", keys=keys, probes=root / "phase")
+    server = Server(
+        base=f"http://127.0.0.1:{port}", keys=keys, probes=root / "phase", env=env, root=root
+    )
     try:
         with server.client() as http:
             wait_ready(http, process)
+            server.start_worker()
             _audit_everything(server, http, root)
+            server.stop_worker()
         yield server
     finally:
+        server.stop_worker()
         process.terminate()
         process.wait(timeout=30)
+        broker.stop()
 
 
 def _audit_everything(server: Server, http: httpx.Client, root: Path) -> None:
@@ -167,9 +204,8 @@ def _audit_everything(server: Server, http: httpx.Client, root: Path) -> None:
     server.ids["probes"] = probes.json()["id"]
     for key, model in (("audit_v1", "v1"), ("audit_v2", "v2")):
         server.ids[key] = server.submit(http, model, "probes", CONFIG)
-    # Queued behind the others and not waited for: the audits list test watches it finish.
     server.ids["audit_canvas"] = server.submit(http, "dense", "probes", CANVAS)
-    for key in ("audit_v1", "audit_v2"):
+    for key in ("audit_v1", "audit_v2", "audit_canvas"):
         server.wait(http, server.ids[key])
 
 
