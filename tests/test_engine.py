@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from shiftaudit.config import AuditConfig
-from shiftaudit.engine import merge_shards, run_audit, sweep_shard
+from shiftaudit.engine import _chunks, _first_chunk, merge_shards, run_audit, sweep_shard
 from shiftaudit.errors import ConfigError
 from shiftaudit.report import ShardResult
 
@@ -238,6 +238,28 @@ def test_shards_merge_into_the_unsharded_report(tmp_path, probes, mode):
     assert merged.model_dump(exclude=strip) == whole.model_dump(exclude=strip)
     assert (merged.provenance.shards, whole.provenance.shards) == (3, 1)
     assert [s.layers is not None for s in shards] == [False, True, False]
+
+
+@pytest.mark.parametrize(
+    ("batch", "per_probe", "chunk_size", "expected"),
+    [
+        (16, 25, 160, [16, 32, 64, 128, 160, 160, 160, 160, 50]),  # 16 x 25 pairs: 25 batches
+        (8, 25, 160, [8, 16, 32, 64, 128, 160, 160, 160, 160, 42]),
+        (64, 9, 256, [64, 128, 256, 256, 226]),
+        # Whole batches need 1024 probes, more than a chunk holds: about one batch first.
+        (1024, 25, 327, [40, 80, 160, 320, 327, 3]),
+    ],
+)
+def test_ramped_chunks_cover_the_probes_and_pad_only_the_last(
+    batch, per_probe, chunk_size, expected
+):
+    indices = range(930)
+    first = _first_chunk(chunk_size, per_probe=per_probe, batch=batch)
+    chunks = list(_chunks(indices, first, chunk_size))
+    assert [len(c) for c in chunks] == expected
+    assert [i for c in chunks for i in c] == list(indices)
+    if batch <= chunk_size:  # every chunk but the last fills whole batches: no padding
+        assert all(len(c) * per_probe % batch == 0 for c in chunks[:-1])
 
 
 def test_shards_that_do_not_cover_the_probe_set_are_refused(tmp_path, probes):
