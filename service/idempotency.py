@@ -6,7 +6,10 @@ as the work it reports; a retry with the same key and request gets that response
 (`Idempotency-Replayed: true`) and does nothing, the same key with another request is a 422.
 Two concurrent first requests race on the (team_id, key) unique constraint: the loser rolls
 back its work and replays the winner's response. Only successful responses are stored, so a
-request that failed (404, 409, 422) may be retried with the same key.
+request that failed (404, 409, 422) may be retried with the same key. A key lives
+`KEY_LIFETIME` (24 hours, as Stripe's do): after that the same key acts again, and the
+reconciler deletes expired keys, so the table holds one day of keys rather than every key
+ever sent.
 
 Uploads (`POST /v1/models`, `POST /v1/probe-sets`) take the key too; their fingerprint
 includes the uploaded bytes' sha256, so it is checked after streaming
@@ -19,29 +22,43 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import JSON, ForeignKey, Integer, String, UniqueConstraint, select
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, UniqueConstraint, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from service.db import Base, RecordMixin
+from service.db import Base, RecordMixin, utcnow
 
 REPLAYED_HEADER = "Idempotency-Replayed"
+# Long enough for any client's retries of one request; a key is not a permanent record.
+KEY_LIFETIME = timedelta(hours=24)
 
 
 class IdempotencyKey(RecordMixin, Base):
     """One team's key and the response its first successful request got."""
 
     __tablename__ = "idempotency_keys"
-    __table_args__ = (UniqueConstraint("team_id", "key"),)
+    __table_args__ = (
+        UniqueConstraint("team_id", "key"),
+        Index("ix_idempotency_keys_created_at", "created_at"),
+    )
 
     team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
     key: Mapped[str] = mapped_column(String(200))
     request_hash: Mapped[str] = mapped_column(String(64))
     status_code: Mapped[int] = mapped_column(Integer)
     response_body: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+def purge_expired_keys(session: Session, *, now: datetime) -> int:
+    """Delete every key older than `KEY_LIFETIME`; returns how many."""
+    result = session.execute(
+        delete(IdempotencyKey).where(IdempotencyKey.created_at < now - KEY_LIFETIME)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def canonical_hash(value: Any) -> str:
@@ -90,7 +107,8 @@ class Idempotency:
         self.request_hash = request_hash
 
     def replay(self, session: Session, team_id: uuid.UUID) -> JSONResponse | None:
-        """The stored response for this key, None if the key is new (or there is no key).
+        """The stored response for this key, None if the key is new, expired (or there is
+        no key).
 
         422 if the key was stored for a different request.
         """
@@ -98,7 +116,9 @@ class Idempotency:
             return None
         row = session.scalar(
             select(IdempotencyKey).where(
-                IdempotencyKey.team_id == team_id, IdempotencyKey.key == self.key
+                IdempotencyKey.team_id == team_id,
+                IdempotencyKey.key == self.key,
+                IdempotencyKey.created_at >= utcnow() - KEY_LIFETIME,
             )
         )
         if row is None:
@@ -118,6 +138,14 @@ class Idempotency:
         commit with an IntegrityError; roll back and `replay`)."""
         if self.key is None:
             return
+        # An expired row the reconciler has not deleted yet still holds (team, key).
+        session.execute(
+            delete(IdempotencyKey).where(
+                IdempotencyKey.team_id == team_id,
+                IdempotencyKey.key == self.key,
+                IdempotencyKey.created_at < utcnow() - KEY_LIFETIME,
+            )
+        )
         session.add(
             IdempotencyKey(
                 team_id=team_id,

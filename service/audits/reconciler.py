@@ -6,7 +6,8 @@ One pass (every `reconcile_interval_s`):
 - a queued shard whose message is not waiting in the broker (Redis keeps nothing on disk, so
   a restart loses every queued message) is sent again;
 - a running audit whose shards all succeeded but whose merge never happened (the worker died
-  in between) is merged here.
+  in between) is merged here;
+- idempotency keys past their lifetime are deleted.
 A duplicate message costs nothing: a worker runs a shard only by claiming it in the database.
 With Celery it runs as its own small process (`shiftaudit reconciler`) rather than as a beat
 task, which could wait behind hours-long audits on busy workers; the embedded service runs it
@@ -28,6 +29,7 @@ from service.audits.models import Audit, AuditShard, AuditStatus
 from service.audits.runner import complete_audit, fail_audit, move_shard
 from service.audits.service import audit_route
 from service.db import make_engine, session_factory, utcnow
+from service.idempotency import purge_expired_keys
 from service.queue import AuditQueue, queue_from_settings
 from service.routing import job_id
 from service.settings import Settings
@@ -100,6 +102,9 @@ def reconcile_once(
                 ),
             )
         ).all()
+        expired = purge_expired_keys(session, now=now)
+        if expired:
+            done["idempotency_keys_expired"] = expired
     # Messages only after the commit: a worker must find the shard queued.
     for shard, route in resend:
         queue.enqueue(shard.audit_id, shard.shard, route=route)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
-from service.idempotency import Idempotency
+from service.audits.reconciler import policy_from, reconcile_once
+from service.db import utcnow
+from service.idempotency import KEY_LIFETIME, Idempotency, IdempotencyKey
 
 from . import test_audits_api as audits_api
 from .conftest import record_audits
@@ -113,6 +117,47 @@ def test_a_request_losing_the_race_for_its_key_replays_the_winner(quiet, monkeyp
     assert second.headers["idempotency-replayed"] == "true"
     assert _count(client, keys) == 1
     assert len(queue.enqueued) == 1
+
+
+def _age_keys(app, by: timedelta) -> None:
+    """Move every stored key's creation time back by `by`, as if that much time had passed."""
+    with app.state.sessions.begin() as session:
+        for row in session.scalars(select(IdempotencyKey)):
+            row.created_at -= by
+
+
+def test_a_key_acts_again_once_its_lifetime_has_passed(quiet):
+    client, keys, queue, ids = quiet
+    first = _post(client, keys, ids, key="nightly")
+    _age_keys(client.app, KEY_LIFETIME - timedelta(minutes=1))
+    assert _post(client, keys, ids, key="nightly").headers["idempotency-replayed"] == "true"
+    _age_keys(client.app, timedelta(minutes=2))
+    # Expired: neither replayed nor refused as "a different request"; it acts.
+    other = {**ids, "config": {**CONFIG, "bootstrap": 200}}
+    again = _post(client, keys, other, key="nightly")
+    assert again.status_code == 202, again.text
+    assert "idempotency-replayed" not in again.headers
+    assert again.json()["id"] != first.json()["id"]
+    assert len(queue.enqueued) == 2
+    replayed = _post(client, keys, other, key="nightly")
+    assert replayed.headers["idempotency-replayed"] == "true"
+    assert replayed.json() == again.json()
+
+
+def test_the_reconciler_deletes_expired_keys_only(quiet):
+    client, keys, queue, ids = quiet
+    app = client.app
+    _post(client, keys, ids, key="old")
+    _age_keys(app, KEY_LIFETIME + timedelta(seconds=1))
+    _post(client, keys, {**ids, "config": {**CONFIG, "bootstrap": 200}}, key="new")
+    policy = policy_from(app.state.settings)
+    done = reconcile_once(app.state.sessions, queue, policy, now=utcnow())
+    assert done["idempotency_keys_expired"] == 1
+    with app.state.sessions() as session:
+        assert session.scalars(select(IdempotencyKey.key)).all() == ["new"]
+    assert "idempotency_keys_expired" not in reconcile_once(
+        app.state.sessions, queue, policy, now=utcnow()
+    )
 
 
 def test_cancel_with_a_key_replays(quiet):
