@@ -27,6 +27,10 @@ class StorageError(Exception):
     """A storage backend failed, or the object asked for is missing or corrupt."""
 
 
+class TransientStorageError(StorageError):
+    """The storage could not be reached or failed on its side: the same call may succeed later."""
+
+
 class ArtifactTooLarge(StorageError):
     """The stream passed `limit` bytes; it was abandoned without reading the rest."""
 
@@ -259,7 +263,8 @@ class S3Storage(_SpoolingStorage):
         return f"{self.prefix}{sha[:2]}/{sha}"
 
     def _fail(self, action: str, key: str, exc: Exception) -> StorageError:
-        return StorageError(f"s3 {action} of s3://{self.bucket}/{key} failed: {exc}")
+        error = TransientStorageError if _is_transient(exc) else StorageError
+        return error(f"s3 {action} of s3://{self.bucket}/{key} failed: {exc}")
 
     def _head(self, sha256: str) -> dict[str, Any] | None:
         key = self._key(sha256)
@@ -316,6 +321,19 @@ class S3Storage(_SpoolingStorage):
             self._client.delete_object(Bucket=self.bucket, Key=key)  # No error when absent.
         except self._errors as exc:
             raise self._fail("delete", key, exc) from exc
+
+
+def _is_transient(exc: Exception) -> bool:
+    """No answer (connection refused or cut, timeout, a truncated body), throttling or a 5xx
+    answer; not a 4xx one (missing, denied) nor a client-side error such as no credentials."""
+    from botocore.exceptions import ConnectionError, HTTPClientError, IncompleteReadError
+
+    if isinstance(exc, ConnectionError | HTTPClientError | IncompleteReadError):
+        return True
+    response = getattr(exc, "response", None) or {}
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    code = str(response.get("Error", {}).get("Code"))
+    return status >= 500 or code in {"SlowDown", "Throttling", "RequestTimeout"}
 
 
 def _is_not_found(exc: Exception) -> bool:

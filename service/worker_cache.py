@@ -2,27 +2,42 @@
 
 Workers fetch each model and probe set from the artifact storage once, not once per audit.
 A cached file is hashed again before each use: a sandboxed sweep runs untrusted code that
-could have modified it, and a tampered file must be fetched again, never used.
+could have modified it, and a tampered file must be fetched again, never used. A fetch that
+meets a storage outage (`TransientStorageError`) is tried again with backoff for up to
+`retry_s` before the shard fails: a storage blip must not fail an audit.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from service.storage import ArtifactStorage
+from service.storage import ArtifactStorage, TransientStorageError
 from shiftaudit.files import sha256_file
+
+log = logging.getLogger(__name__)
+FETCH_RETRY_S = 120.0
 
 
 class ArtifactCache:
     """Files at `directory/sha256`; least recently used ones go beyond `max_bytes`."""
 
-    def __init__(self, directory: Path, storage: ArtifactStorage, *, max_bytes: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        storage: ArtifactStorage,
+        *,
+        max_bytes: int,
+        retry_s: float = FETCH_RETRY_S,
+    ) -> None:
         self.directory = directory
         self.storage = storage
         self.max_bytes = max_bytes
+        self.retry_s = retry_s
         directory.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager
@@ -30,10 +45,25 @@ class ArtifactCache:
         """The verified local copy of object `sha256`, fetched if missing or altered."""
         path = self.directory / sha256
         if not (path.is_file() and sha256_file(path) == sha256):
-            self.storage.fetch(sha256, path)  # verifies while copying, renames into place
+            self._fetch(sha256, path)
         os.utime(path)  # marks it recently used
         self._evict(keep=path)
         yield path
+
+    def _fetch(self, sha256: str, path: Path) -> None:
+        """Fetch (verified while copying, renamed into place), through outages up to
+        `retry_s` long."""
+        deadline, delay = time.monotonic() + self.retry_s, 0.5
+        while True:
+            try:
+                self.storage.fetch(sha256, path)
+                return
+            except TransientStorageError as error:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s; retrying in %.1f s", error, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 15.0)
 
     def _evict(self, *, keep: Path) -> None:
         files = [p for p in self.directory.iterdir() if p.is_file() and p != keep]

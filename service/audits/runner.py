@@ -34,7 +34,7 @@ from service.policies.evaluate import evaluate
 from service.policies.schemas import PolicyResult
 from service.probe_sets.models import ProbeSetFile
 from service.settings import Settings
-from service.storage import storage_from_url
+from service.storage import StorageError, storage_from_url
 from service.webhooks.outbox import record_audit_events
 from service.worker_cache import ArtifactCache
 from shiftaudit.config import AuditConfig
@@ -144,7 +144,9 @@ class _Job:
         except (SandboxError, ShiftAuditError) as error:
             where = f"shard {self.shard + 1} of {shards}: " if shards > 1 else ""
             return self._fail(f"{where}{error}")
-        except Exception as error:  # storage or the worker itself: this audit fails, not others
+        except StorageError as error:  # missing, corrupt, or an outage outlasting the retries
+            return self._fail(f"artifact storage: {error}")
+        except Exception as error:  # the worker itself: this audit fails, not others
             log.exception("audit %s shard %s failed", self.audit_id, self.shard)
             return self._fail(f"internal error: {type(error).__name__}: {error}")
         return self._succeed(result)
