@@ -1,9 +1,18 @@
-"""A real HTTP server on loopback for tests that the service calls out to."""
+"""Loopback for tests: free ports for servers they start, and a real HTTP server that the
+service calls out to."""
 
 from __future__ import annotations
 
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 class QuietHandler(BaseHTTPRequestHandler):

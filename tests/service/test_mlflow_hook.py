@@ -38,9 +38,10 @@ from service.teams.models import Scope, Team
 from service.teams.repository import create_key, get_or_create_team
 
 from .conftest import PEPPER, record_audits
+from .loopback import free_port
 from .test_audits_api import _auth
 from .test_compare_api import CONFIG, files  # noqa: F401 (fixture)
-from .test_serve import _env, _free_port
+from .test_serve import _env
 
 MLFLOW_ENV = {
     # MLflow delivers only to https:// URLs on public addresses unless its operator allows more.
@@ -64,7 +65,7 @@ CREATED, ALIAS, TAG = (
 def mlflow_server(tmp_path_factory) -> Iterator[str]:
     """The base URL of a fresh MLflow tracking server (stopped with its workers at the end)."""
     root = tmp_path_factory.mktemp("mlflow")
-    port = _free_port()
+    port = free_port()
     log_path = root / "server.log"
     with pytest.MonkeyPatch.context() as env, log_path.open("wb") as log:
         for name, value in MLFLOW_ENV.items():
@@ -333,7 +334,7 @@ def _service(tmp_path: Path, prefixes: list[str]) -> Iterator[httpx.Client]:
         team = get_or_create_team(session, name="vision")
         _, key = create_key(session, team=team, scope=Scope.WRITE, pepper=PEPPER)
     engine.dispose()
-    port = _free_port()
+    port = free_port()
     env = _env(
         DATABASE_URL=url,
         SHIFTAUDIT_SECRET_KEY=PEPPER,

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
 from tests.postgres import ADMIN_URL
 
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from .loopback import free_port
 
 
 def _cli(*args: str, env: dict[str, str], timeout: float = 300):
@@ -38,7 +33,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 def test_demo_runs_the_main_job_over_http(tmp_path):
     result = _cli(
-        "demo", "--data-dir", str(tmp_path / "data"), "--port", str(_free_port()), env=_env()
+        "demo", "--data-dir", str(tmp_path / "data"), "--port", str(free_port()), env=_env()
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "consistency" in result.stdout

@@ -17,7 +17,7 @@ from service.teams.models import Scope
 from service.teams.repository import create_key, get_or_create_team
 
 from .conftest import PEPPER
-from .test_serve import _free_port
+from .loopback import free_port
 
 LIMIT = 1 << 20
 CAP = 64 << 20  # the test stops feeding here: the server must answer well before
@@ -32,7 +32,7 @@ def test_an_endless_upload_is_cut_off_at_the_limit(tmp_path):
             session, team=get_or_create_team(session, name="t"), scope=Scope.WRITE, pepper=PEPPER
         )
     engine.dispose()
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": url,

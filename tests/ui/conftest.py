@@ -30,7 +30,7 @@ from service.teams.models import Scope
 from service.teams.repository import create_key, get_or_create_team
 from tests.nets import DenseHeadNet, GlobalPoolNet, export_program, phase_probes, zip_directory
 from tests.service.conftest import PEPPER
-from tests.service.test_serve import _free_port
+from tests.service.loopback import free_port
 from tests.workers.conftest import SHIFTAUDIT, RedisServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -149,7 +149,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 session, team=get_or_create_team(session, name=team), scope=scope, pepper=PEPPER
             )
     engine.dispose()
-    port = _free_port()
+    port = free_port()
     env = {
         k: v
         for k, v in os.environ.items()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from service.teams.models import Scope
 from service.teams.repository import create_key, get_or_create_team
 from tests.nets import zip_directory
 from tests.postgres import fresh_database
+from tests.service.loopback import free_port
 
 SHIFTAUDIT = Path(sys.executable).with_name("shiftaudit")
 CELERY = Path(sys.executable).with_name("celery")
@@ -44,12 +44,6 @@ CONFIG: dict[str, Any] = {
     "runtime": {"batch_size": 25, "device": "cpu"},
     "bootstrap": 100,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class RedisServer:

@@ -15,8 +15,9 @@ from service.policies.schemas import Threshold
 from shiftaudit_client import Client, api
 from shiftaudit_client.cli import Exit
 from tests.nets import GlobalPoolNet, export_program, phase_probes
+from tests.service.loopback import free_port
 
-from .conftest import CONFIG, free_port
+from .conftest import CONFIG
 
 
 @pytest.fixture
