@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.audits.models import Audit, AuditStatus
+from service.audits.models import OPEN_STATUSES, Audit, AuditStatus
 from service.audits.repository import AuditFilters, TeamAudits
 from service.audits.schemas import AuditCreate, AuditOut
 from service.audits.service import add_audit, dispatch, request_hash
@@ -187,7 +187,7 @@ def cancel_audit(
     audit = TeamAudits(session, principal.team_id).get(audit_id)
     session.execute(
         update(Audit)
-        .where(Audit.id == audit.id, Audit.status.in_([AuditStatus.QUEUED, AuditStatus.RUNNING]))
+        .where(Audit.id == audit.id, Audit.status.in_(OPEN_STATUSES))
         .values(status=AuditStatus.CANCELLED, finished_at=utcnow())
     )
     session.refresh(audit)

@@ -24,7 +24,11 @@ class AuditStatus(enum.StrEnum):
 
     @property
     def finished(self) -> bool:
-        return self in (AuditStatus.SUCCEEDED, AuditStatus.FAILED, AuditStatus.CANCELLED)
+        return self not in OPEN_STATUSES
+
+
+# An audit in one of these may still change; the others are final.
+OPEN_STATUSES = (AuditStatus.QUEUED, AuditStatus.RUNNING)
 
 
 class Audit(RecordMixin, Base):

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.audits.models import Audit, AuditShard, AuditStatus
+from service.audits.models import OPEN_STATUSES, Audit, AuditShard, AuditStatus
 from service.audits.runner import complete_audit, fail_audit, move_shard
 from service.audits.service import audit_route
 from service.db import make_engine, session_factory, utcnow
@@ -36,7 +36,6 @@ from service.settings import Settings
 from service.webhooks.outbox import dispatch_due
 
 log = logging.getLogger(__name__)
-_OPEN = (AuditStatus.QUEUED, AuditStatus.RUNNING)
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ def reconcile_once(
             AuditShard.heartbeat_at < now - policy.stale_after,
         )
         for shard, audit in stale:
-            if audit.status not in _OPEN:
+            if audit.status not in OPEN_STATUSES:
                 _move(session, shard, AuditStatus.RUNNING, status=AuditStatus.CANCELLED)
             elif shard.attempts >= policy.max_attempts:
                 _move(session, shard, AuditStatus.RUNNING, status=AuditStatus.FAILED)
@@ -86,7 +85,7 @@ def reconcile_once(
                 session,
                 AuditShard.status == AuditStatus.QUEUED,
                 AuditShard.queued_at < now - policy.resend_after,
-                Audit.status.in_(_OPEN),
+                Audit.status.in_(OPEN_STATUSES),
             )
             for shard, audit in queued:
                 if job_id(shard.audit_id, shard.shard) not in waiting:

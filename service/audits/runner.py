@@ -26,7 +26,7 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.audits.models import Audit, AuditReport, AuditShard, AuditStatus
+from service.audits.models import OPEN_STATUSES, Audit, AuditReport, AuditShard, AuditStatus
 from service.classifiers.models import ModelFile
 from service.compare.service import regression_reasons
 from service.db import make_engine, session_factory, utcnow
@@ -158,7 +158,7 @@ class _Job:
         shard's state."""
         with self.sessions.begin() as session:
             audit = session.get(Audit, self.audit_id)
-            if audit is None or audit.status not in (AuditStatus.QUEUED, AuditStatus.RUNNING):
+            if audit is None or audit.status not in OPEN_STATUSES:
                 self._update_shard(session, AuditStatus.QUEUED, status=AuditStatus.CANCELLED)
                 return self._status(session)
             now = utcnow()
@@ -272,7 +272,7 @@ def fail_audit(session: Session, audit_id: uuid.UUID, error: str) -> bool:
     """Fail a queued or running audit (and queue its webhook events); False if it was over."""
     failed = session.execute(
         update(Audit)
-        .where(Audit.id == audit_id, Audit.status.in_([AuditStatus.QUEUED, AuditStatus.RUNNING]))
+        .where(Audit.id == audit_id, Audit.status.in_(OPEN_STATUSES))
         .values(status=AuditStatus.FAILED, finished_at=utcnow(), error=error)
     )
     if failed.rowcount != 1:  # type: ignore[attr-defined]
