@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from service.audits.models import OPEN_STATUSES, Audit, AuditStatus
 from service.audits.repository import AuditFilters, TeamAudits
 from service.audits.schemas import AuditCreate, AuditOut
-from service.audits.service import add_audit, dispatch, request_hash
+from service.audits.service import add_audit, check_gpu_type, dispatch, request_hash
 from service.audits.thumbnails import ShiftedProbe, input_size_of, render_png
 from service.classifiers.models import ModelFile
 from service.db import utcnow
@@ -66,7 +66,7 @@ def create_audit(
     if probe_set is None:
         raise HTTPException(404, f"no probe set with id {body.probe_set_id} in your team")
     policies = team_policies(session, team_id, body.policies)
-    _check_gpu_type(body, settings.gpu_types)
+    check_gpu_type(gpu_type=body.gpu_type, config=body.config, known=settings.gpu_types)
     same = request_hash(model=model, probe_set=probe_set, config=body.config, policies=policies)
     audit = _succeeded_with(session, team_id, same) if reuse else None
     if audit is not None:
@@ -117,19 +117,6 @@ def _succeeded_with(session: Session, team_id: uuid.UUID, request_hash: str) -> 
         .order_by(Audit.created_at.desc(), Audit.id.desc())
         .limit(1)
     )
-
-
-def _check_gpu_type(body: AuditCreate, known: list[str]) -> None:
-    """422 unless the GPU type is one the deployment runs workers for, on a GPU audit."""
-    if body.gpu_type is None:
-        return
-    if body.gpu_type not in known:
-        offered = ", ".join(known) or "none: SHIFTAUDIT_GPU_TYPES is empty"
-        raise HTTPException(
-            422, f"gpu_type: {body.gpu_type!r} is not a GPU type of this deployment ({offered})"
-        )
-    if body.config.runtime.device == "cpu":
-        raise HTTPException(422, "gpu_type: an audit with runtime.device cpu runs on no GPU")
 
 
 @router.get("")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from fastapi import HTTPException
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -32,6 +33,19 @@ def request_hash(
         # Policies join the hash only when given, so earlier audits stay reusable.
         | ({"policies": policies} if policies else {})
     )
+
+
+def check_gpu_type(*, gpu_type: str | None, config: AuditConfig, known: list[str]) -> None:
+    """422 unless the GPU type is one the deployment runs workers for, on a GPU audit."""
+    if gpu_type is None:
+        return
+    if gpu_type not in known:
+        offered = ", ".join(known) or "none: SHIFTAUDIT_GPU_TYPES is empty"
+        raise HTTPException(
+            422, f"gpu_type: {gpu_type!r} is not a GPU type of this deployment ({offered})"
+        )
+    if config.runtime.device == "cpu":
+        raise HTTPException(422, "gpu_type: an audit with runtime.device cpu runs on no GPU")
 
 
 def add_audit(

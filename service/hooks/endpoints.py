@@ -16,6 +16,7 @@ from starlette.datastructures import Headers
 
 from service.audits.models import Audit
 from service.audits.schemas import AuditOut
+from service.audits.service import check_gpu_type
 from service.classifiers.models import ModelFile
 from service.classifiers.schemas import ModelOut, ModelUploaded
 from service.db import utcnow
@@ -51,6 +52,7 @@ from service.idempotency import REPLAYED_HEADER
 from service.policies.repository import team_policies
 from service.probe_sets.models import ProbeSetFile
 from service.problems import PROBLEM_JSON, Problem
+from service.routing import GPU_TYPE_NAME
 from service.settings import Settings
 from service.storage import ArtifactStorage
 from service.stored_files import TeamFiles
@@ -72,6 +74,12 @@ class Defaults(BaseModel):
     probe_set_id: uuid.UUID
     config: AuditConfig = Field(default_factory=AuditConfig)
     policies: list[str] = Field(default_factory=list, max_length=20)
+    gpu_type: str | None = Field(
+        None,
+        pattern=GPU_TYPE_NAME,
+        description="hook audits run only on workers for this GPU type (one of the "
+        "deployment's SHIFTAUDIT_GPU_TYPES); needs runtime.device cuda or auto",
+    )
 
 
 class GenericHook(BaseModel):
@@ -89,17 +97,21 @@ class HookAccepted(BaseModel):
 
 
 @router.put("/defaults")
-def set_defaults(body: Defaults, principal: Writer, session: SessionDep) -> Defaults:
-    """What hooks audit new model versions with: probe set, config and policies."""
+def set_defaults(
+    body: Defaults, principal: Writer, session: SessionDep, settings: SettingsDep
+) -> Defaults:
+    """What hooks audit new model versions with: probe set, config, policies, GPU type."""
     if TeamFiles(session, principal.team_id, ProbeSetFile).get(body.probe_set_id) is None:
         raise HTTPException(404, f"no probe set with id {body.probe_set_id} in your team")
     team_policies(session, principal.team_id, body.policies)  # they must exist now
+    check_gpu_type(gpu_type=body.gpu_type, config=body.config, known=settings.gpu_types)
     session.merge(
         HookDefaults(
             team_id=principal.team_id,
             probe_set_id=body.probe_set_id,
             config=body.config.model_dump(mode="json"),
             policies=body.policies,
+            gpu_type=body.gpu_type,
         )
     )
     session.commit()
@@ -111,7 +123,12 @@ def get_defaults(principal: Reader, session: SessionDep) -> Defaults:
     row = session.get(HookDefaults, principal.team_id)
     if row is None:
         raise HTTPException(404, "no hook defaults set: PUT /v1/hooks/defaults first")
-    return Defaults(probe_set_id=row.probe_set_id, config=row.config, policies=row.policies)
+    return Defaults(
+        probe_set_id=row.probe_set_id,
+        config=row.config,
+        policies=row.policies,
+        gpu_type=row.gpu_type,
+    )
 
 
 @router.post("/generic", status_code=202)

@@ -24,6 +24,7 @@ class HookDefaults(Base):
     )
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     policies: Mapped[list[str]] = mapped_column(JSON)
+    gpu_type: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class MlflowConnection(Base):

@@ -101,6 +101,7 @@ def audit_with_defaults(
         config=AuditConfig.model_validate(defaults.config),
         policies=team_policies(session, team_id, defaults.policies),
         shard_probes=shard_probes,
+        gpu_type=defaults.gpu_type,
     )
     record(audit)
     out = AuditOut.model_validate(audit)

@@ -31,9 +31,11 @@ class RecordingQueue:
 
     def __init__(self) -> None:
         self.enqueued: list[uuid.UUID] = []
+        self.routes: list[str] = []
 
     def enqueue(self, audit_id: uuid.UUID, shard: int, *, route: str) -> None:
         self.enqueued.append(audit_id)
+        self.routes.append(route)
 
     def waiting(self) -> set[str]:
         return set()

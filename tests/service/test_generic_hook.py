@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from .conftest import record_audits
 from .loopback import LoopbackServer, QuietHandler
 from .test_audits_api import _auth, _wait
 from .test_compare_api import CONFIG, files  # noqa: F401 (fixture)
@@ -99,3 +100,44 @@ def test_a_model_version_announced_by_a_registry_is_fetched_and_audited(
     app.state.settings.max_model_bytes = 100
     too_large = client.post("/v1/hooks/generic", headers=write, json=hook)
     assert too_large.status_code == 413
+
+
+def test_hook_audits_run_on_the_gpu_type_of_the_defaults(
+    app_and_keys,
+    files,  # noqa: F811
+    store,
+):
+    app, keys = app_and_keys
+    app.state.settings.hook_artifact_prefixes = [store.prefix]
+    app.state.settings.gpu_types = ["a100"]
+    queue = record_audits(app)
+    client = TestClient(app)
+    write = _auth(keys, "alpha-write")
+    probe_set_id = client.post(
+        "/v1/probe-sets",
+        headers=write,
+        data={"name": "phase"},
+        files={"file": ("p.zip", files["phase"])},
+    ).json()["id"]
+    gpu_config = {**CONFIG, "runtime": {**CONFIG["runtime"], "device": "auto"}}
+    defaults = {"probe_set_id": probe_set_id, "config": gpu_config, "gpu_type": "h100"}
+    unknown = client.put("/v1/hooks/defaults", headers=write, json=defaults)
+    assert unknown.status_code == 422
+    assert "'h100' is not a GPU type of this deployment (a100)" in unknown.text
+    on_cpu = defaults | {"config": CONFIG, "gpu_type": "a100"}
+    assert CONFIG["runtime"]["device"] == "cpu"
+    refused = client.put("/v1/hooks/defaults", headers=write, json=on_cpu)
+    assert refused.status_code == 422
+    assert "runs on no GPU" in refused.text
+
+    defaults["gpu_type"] = "a100"
+    assert client.put("/v1/hooks/defaults", headers=write, json=defaults).status_code == 200
+    got = client.get("/v1/hooks/defaults", headers=_auth(keys, "alpha-read")).json()
+    assert got["gpu_type"] == "a100"
+    hook = {"model_url": store.prefix + "net-2.pt2", "name": "net", "version": "2"}
+    accepted = client.post(
+        "/v1/hooks/generic", headers=write, json=hook | {"token": "registry-token"}
+    )
+    assert accepted.status_code == 202, accepted.text
+    assert accepted.json()["audit"]["gpu_type"] == "a100"
+    assert queue.routes == ["audits.gpu.a100"]
