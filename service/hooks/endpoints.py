@@ -143,7 +143,7 @@ def generic_hook(
     """A registry without MLflow announces a model version: the model is fetched from an
     allow-listed artifact store (with the bearer token, if given), registered, and audited
     with the team's hook defaults."""
-    defaults = required_defaults(session, principal.team_id)
+    defaults = required_defaults(session, principal.team_id, gpu_types=settings.gpu_types)
     if not allowed_url(body.model_url, settings.hook_artifact_prefixes):
         raise HTTPException(422, f"model_url: {body.model_url} is not on an allowed artifact store")
     storage: ArtifactStorage = request.app.state.storage
@@ -288,7 +288,7 @@ def _receive(
     if earlier is not None:
         return _replayed(session, earlier, response)
     ref = _validated(MlflowVersionRef, payload.data, "data")
-    defaults = required_defaults(session, connection.team_id)
+    defaults = required_defaults(session, connection.team_id, gpu_types=settings.gpu_types)
     storage: ArtifactStorage = request.app.state.storage
     with fetch_client() as client:
         server = TrackingServer(

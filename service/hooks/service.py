@@ -30,11 +30,21 @@ FETCH_TIMEOUT_S = 60.0
 CHUNK_BYTES = 1 << 20
 
 
-def required_defaults(session: Session, team_id: uuid.UUID) -> HookDefaults:
-    """The team's hook defaults, or 409 when it has none."""
+def required_defaults(
+    session: Session, team_id: uuid.UUID, *, gpu_types: list[str]
+) -> HookDefaults:
+    """The team's hook defaults; 409 when it has none, or when their GPU type is no longer
+    one of the deployment's (its audits would wait for a worker that never comes)."""
     defaults = session.get(HookDefaults, team_id)
     if defaults is None:
         raise HTTPException(409, "no hook defaults set: PUT /v1/hooks/defaults first")
+    if defaults.gpu_type is not None and defaults.gpu_type not in gpu_types:
+        offered = ", ".join(gpu_types) or "none"
+        raise HTTPException(
+            409,
+            f"the hook defaults ask for GPU type {defaults.gpu_type!r}, which this deployment "
+            f"no longer runs (SHIFTAUDIT_GPU_TYPES: {offered}): PUT /v1/hooks/defaults again",
+        )
     return defaults
 
 

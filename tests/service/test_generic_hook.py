@@ -141,3 +141,12 @@ def test_hook_audits_run_on_the_gpu_type_of_the_defaults(
     assert accepted.status_code == 202, accepted.text
     assert accepted.json()["audit"]["gpu_type"] == "a100"
     assert queue.routes == ["audits.gpu.a100"]
+
+    app.state.settings.gpu_types = ["h100"]  # the operator retired the a100 workers
+    # Refused before the fetch: a wrong token would otherwise make it a 502.
+    stale = client.post("/v1/hooks/generic", headers=write, json=hook | {"token": "x"})
+    assert stale.status_code == 409
+    detail = stale.json()["detail"]
+    assert "GPU type 'a100', which this deployment no longer runs" in detail
+    assert "(SHIFTAUDIT_GPU_TYPES: h100)" in detail
+    assert queue.routes == ["audits.gpu.a100"]
