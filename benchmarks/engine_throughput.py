@@ -47,40 +47,6 @@ def write_probes(directory: Path, count: int, size: int, seed: int = 0) -> Path:
     return directory
 
 
-def best_raw_forward(model_path: Path, size: int, device: torch.device) -> dict[str, object]:
-    """Best images/s of the bare forward pass over batch, memory format and threads."""
-    model = load_model(model_path, device=device)
-    threads = (
-        [torch.get_num_threads()] if device.type == "cuda" else sorted({1, torch.get_num_threads()})
-    )
-    batches = [1, 2, 4, 8, 16, 32, 64] if device.type == "cpu" else [32, 64, 128, 256, 512, 1024]
-    default_threads = torch.get_num_threads()
-    results = []
-    for n_threads in threads:
-        torch.set_num_threads(n_threads)
-        for channels_last in (False, True):
-            for batch in batches:
-                x = example_input(
-                    batch=batch,
-                    size=(size, size),
-                    layout="NCHW",
-                    channels_last=channels_last,
-                    device=device,
-                )
-                speed = forward_throughput(model, x, min_seconds=0.5)
-                results.append(
-                    {
-                        "threads": n_threads,
-                        "channels_last": channels_last,
-                        "batch": batch,
-                        "images_per_s": speed,
-                    }
-                )
-    torch.set_num_threads(default_threads)
-    best = max(results, key=lambda r: float(r["images_per_s"]))  # type: ignore[arg-type]
-    return {"best": best, "all": results, "model": model}
-
-
 def raw_speeds(
     model: object,
     settings: list[dict[str, object]],
@@ -88,7 +54,7 @@ def raw_speeds(
     device: torch.device,
     seconds: float,
 ) -> list[float]:
-    """Each setting timed for `seconds` (steady state, as long as a good part of a sweep)."""
+    """Raw forward images/s of each setting (threads, channels_last, batch), timed for `seconds`."""
     default_threads = torch.get_num_threads()
     speeds = []
     for setting in settings:
@@ -103,6 +69,25 @@ def raw_speeds(
         speeds.append(forward_throughput(model, x, min_seconds=seconds))  # type: ignore[arg-type]
     torch.set_num_threads(default_threads)
     return speeds
+
+
+def best_raw_forward(model_path: Path, size: int, device: torch.device) -> dict[str, object]:
+    """Best images/s of the bare forward pass over batch, memory format and threads."""
+    model = load_model(model_path, device=device)
+    threads = (
+        [torch.get_num_threads()] if device.type == "cuda" else sorted({1, torch.get_num_threads()})
+    )
+    batches = [1, 2, 4, 8, 16, 32, 64] if device.type == "cpu" else [32, 64, 128, 256, 512, 1024]
+    settings: list[dict[str, object]] = [
+        {"threads": n_threads, "channels_last": channels_last, "batch": batch}
+        for n_threads in threads
+        for channels_last in (False, True)
+        for batch in batches
+    ]
+    speeds = raw_speeds(model, settings, size, device, seconds=0.5)
+    results = [s | {"images_per_s": v} for s, v in zip(settings, speeds, strict=True)]
+    best = max(results, key=lambda r: float(r["images_per_s"]))  # type: ignore[arg-type]
+    return {"best": best, "all": results, "model": model}
 
 
 def engine_speed(
