@@ -46,15 +46,27 @@ def store(files):  # noqa: F811
     server.close()
 
 
+def _prepared(app, keys, probes: bytes, store) -> tuple[TestClient, dict[str, str], str]:
+    """A client allowed to fetch from `store`, alpha's write headers, and its probe set."""
+    app.state.settings.hook_artifact_prefixes = [store.prefix]
+    client = TestClient(app)
+    write = _auth(keys, "alpha-write")
+    probe_set_id = client.post(
+        "/v1/probe-sets",
+        headers=write,
+        data={"name": "phase"},
+        files={"file": ("p.zip", probes)},
+    ).json()["id"]
+    return client, write, probe_set_id
+
+
 def test_a_model_version_announced_by_a_registry_is_fetched_and_audited(
     app_and_keys,
     files,  # noqa: F811
     store,
 ):
     app, keys = app_and_keys
-    app.state.settings.hook_artifact_prefixes = [store.prefix]
-    client = TestClient(app)
-    write = _auth(keys, "alpha-write")
+    client, write, probe_set_id = _prepared(app, keys, files["phase"], store)
     hook = {
         "model_url": store.prefix + "net-2.pt2",
         "name": "net",
@@ -62,12 +74,6 @@ def test_a_model_version_announced_by_a_registry_is_fetched_and_audited(
         "token": "registry-token",
     }
     assert client.post("/v1/hooks/generic", headers=write, json=hook).status_code == 409
-    probe_set_id = client.post(
-        "/v1/probe-sets",
-        headers=write,
-        data={"name": "phase"},
-        files={"file": ("p.zip", files["phase"])},
-    ).json()["id"]
     client.post(
         "/v1/policies",
         headers=write,
@@ -108,17 +114,9 @@ def test_hook_audits_run_on_the_gpu_type_of_the_defaults(
     store,
 ):
     app, keys = app_and_keys
-    app.state.settings.hook_artifact_prefixes = [store.prefix]
     app.state.settings.gpu_types = ["a100"]
     queue = record_audits(app)
-    client = TestClient(app)
-    write = _auth(keys, "alpha-write")
-    probe_set_id = client.post(
-        "/v1/probe-sets",
-        headers=write,
-        data={"name": "phase"},
-        files={"file": ("p.zip", files["phase"])},
-    ).json()["id"]
+    client, write, probe_set_id = _prepared(app, keys, files["phase"], store)
     gpu_config = {**CONFIG, "runtime": {**CONFIG["runtime"], "device": "auto"}}
     defaults = {"probe_set_id": probe_set_id, "config": gpu_config, "gpu_type": "h100"}
     unknown = client.put("/v1/hooks/defaults", headers=write, json=defaults)
