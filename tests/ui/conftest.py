@@ -31,7 +31,7 @@ from service.teams.repository import create_key, get_or_create_team
 from tests.nets import DenseHeadNet, GlobalPoolNet, export_program, phase_probes, zip_directory
 from tests.service.conftest import PEPPER
 from tests.service.loopback import free_port
-from tests.workers.conftest import SHIFTAUDIT, RedisServer
+from tests.workers.conftest import SHIFTAUDIT, RedisServer, wait_for_log
 
 CHROMIUM = Path("/usr/bin/chromium")
 # A model version that would run script if any page put data into markup.
@@ -63,22 +63,21 @@ class Server:
     root: Path
     ids: dict[str, str] = field(default_factory=dict)
     worker: subprocess.Popen[bytes] | None = None
+    worker_starts: int = 0
 
     def start_worker(self) -> None:
         """Start a CPU worker as an operator would; return once it takes work."""
-        log_path = self.root / "worker.log"
-        with log_path.open("ab") as log:
+        self.worker_starts += 1
+        # A log per start: an earlier worker's "ready." must not stand for this one's.
+        log_path = self.root / f"worker-{self.worker_starts}.log"
+        with log_path.open("wb") as log:
             self.worker = subprocess.Popen(
                 [str(SHIFTAUDIT), "worker", "--device=cpu", "--name=ui@test"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 60
-        while "ready." not in log_path.read_text(errors="replace"):
-            if self.worker.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the worker did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
+        wait_for_log(self.worker, log_path, "ready.")
 
     def stop_worker(self) -> None:
         """Stop the worker after its current shard (Celery's warm shutdown)."""

@@ -46,6 +46,19 @@ CONFIG: dict[str, Any] = {
 }
 
 
+def wait_for_log(
+    process: subprocess.Popen[bytes], log: Path, text: str, *, timeout: float = 60
+) -> None:
+    """Return once `text` is in the log of `process`; fail if it exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text(errors="replace"):
+        if process.poll() is not None:
+            raise AssertionError(f"{log.stem} exited:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{log.stem} never logged {text!r}:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
 class RedisServer:
     """A redis-server of our own that keeps nothing on disk, like the machines' one."""
 
@@ -165,13 +178,7 @@ class Deployment:
         return (self.root / f"{name}.log").read_text(errors="replace")
 
     def wait_for_log(self, name: str, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log(name):
-            if self.processes[name].poll() is not None:
-                raise AssertionError(f"{name} exited:\n{self.log(name)[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{name} never logged {text!r}:\n{self.log(name)[-3000:]}")
-            time.sleep(0.1)
+        wait_for_log(self.processes[name], self.root / f"{name}.log", text, timeout=timeout)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         process = self.processes.pop(name)
