@@ -10,16 +10,14 @@ meets a storage outage (`TransientStorageError`) is tried again with backoff for
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from service.backoff import retry
 from service.storage import ArtifactStorage, TransientStorageError
 from shiftaudit.files import sha256_file
 
-log = logging.getLogger(__name__)
 FETCH_RETRY_S = 120.0
 
 
@@ -53,17 +51,13 @@ class ArtifactCache:
     def _fetch(self, sha256: str, path: Path) -> None:
         """Fetch (verified while copying, renamed into place), through outages up to
         `retry_s` long."""
-        deadline, delay = time.monotonic() + self.retry_s, 0.5
-        while True:
-            try:
-                self.storage.fetch(sha256, path)
-                return
-            except TransientStorageError as error:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("%s; retrying in %.1f s", error, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 15.0)
+        retry(
+            lambda: self.storage.fetch(sha256, path),
+            transient=TransientStorageError,
+            budget_s=self.retry_s,
+            max_delay_s=15.0,
+            what=f"fetching {sha256} from the artifact storage",
+        )
 
     def _evict(self, *, keep: Path) -> None:
         files = [p for p in self.directory.iterdir() if p.is_file() and p != keep]

@@ -16,7 +16,6 @@ import os
 import socket
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.audits.models import OPEN_STATUSES, Audit, AuditReport, AuditShard, AuditStatus
+from service.backoff import retry
 from service.classifiers.models import ModelFile
 from service.compare.service import regression_reasons
 from service.db import make_engine, session_factory, utcnow
@@ -360,19 +360,15 @@ def _finish(
     return status
 
 
-def _retry(write: Callable[[], object], *, budget_s: float = FINISH_RETRY_S) -> None:
+def _retry(write: Callable[[], object]) -> None:
     """Run a database write, retrying through a transient outage with backoff."""
-    deadline, delay = time.monotonic() + budget_s, 0.5
-    while True:
-        try:
-            write()
-            return
-        except OperationalError:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("database unavailable; retrying in %.1f s", delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
+    retry(
+        write,
+        transient=OperationalError,
+        budget_s=FINISH_RETRY_S,
+        max_delay_s=10.0,
+        what="database unavailable",
+    )
 
 
 class _Heartbeat(threading.Thread):
