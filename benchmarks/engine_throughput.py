@@ -32,7 +32,7 @@ from resnet import resnet18
 
 from shiftaudit.config import AuditConfig
 from shiftaudit.engine import run_audit
-from shiftaudit.models import load_model
+from shiftaudit.runtimes import load_runtime
 from shiftaudit.tuning import example_input, forward_throughput
 
 
@@ -73,7 +73,7 @@ def raw_speeds(
 
 def best_raw_forward(model_path: Path, size: int, device: torch.device) -> dict[str, object]:
     """Best images/s of the bare forward pass over batch, memory format and threads."""
-    model = load_model(model_path, device=device)
+    model = load_runtime(model_path, device=device)
     threads = (
         [torch.get_num_threads()] if device.type == "cuda" else sorted({1, torch.get_num_threads()})
     )

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shiftaudit.probes import ProbeLimits
+from shiftaudit.probe_sets import ProbeLimits
 
 # Good enough for a laptop, refused in production (see `_no_default_secrets`).
 DEVELOPMENT_SECRET = "development-only-secret-change-me"

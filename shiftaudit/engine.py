@@ -20,9 +20,10 @@ from . import __version__
 from .config import AuditConfig, PreprocessConfig
 from .errors import ConfigError
 from .files import sha256_file
+from .input_contract import check_input_shape
 from .layers import equivariance_profile
 from .metrics import ChunkStats, SweepAccumulator
-from .models import LoadedModel, ModelFormat, check_input_shape, load_model
+from .model_files import ModelFormat
 from .preprocess import (
     Normaliser,
     model_input,
@@ -31,8 +32,9 @@ from .preprocess import (
     standard_geometry,
     to_device,
 )
-from .probes import ProbeSet, open_probe_set
+from .probe_sets import ProbeSet, open_probe_set
 from .report import LayerProfile, Provenance, Report, ShardResult
+from .runtimes import Runtime, load_runtime
 from .shifts import ShiftGenerator, ShiftPlan, plan_shifts
 from .tuning import Tuning, choose, device_name
 
@@ -86,7 +88,7 @@ def sweep_shard(
         torch.set_num_threads(config.runtime.threads)
     stages = _StageClock()
     model_sha = sha256_file(model_path)
-    model = load_model(model_path, device=device, threads=config.runtime.threads)
+    model = load_runtime(model_path, device=device, threads=config.runtime.threads)
     with open_probe_set(probes_path, class_names=config.class_names) as probe_set:
         start, stop = probes if probes is not None else (0, len(probe_set))
         if not 0 <= start < stop <= len(probe_set):
@@ -241,7 +243,7 @@ def _merged(
 
 
 @contextmanager
-def precision_scope(precision: str, model: LoadedModel) -> Iterator[str]:
+def precision_scope(precision: str, model: Runtime) -> Iterator[str]:
     """Run the model at `precision`; yields the precision that actually applies.
 
     tf32 allows TensorFloat-32 in CUDA matmuls and convolutions (restored on exit); bf16 and
@@ -298,7 +300,7 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def input_geometry(model: LoadedModel, preprocess: PreprocessConfig) -> tuple[tuple[int, int], str]:
+def input_geometry(model: Runtime, preprocess: PreprocessConfig) -> tuple[tuple[int, int], str]:
     """(H, W) and layout from the config, else from what the model declares."""
     declared = model.declared
     layout = preprocess.layout or declared.layout or "NCHW"
@@ -356,7 +358,7 @@ def _chunks(indices: range, first: int, size: int) -> Iterator[range]:
 
 
 def _sweep(
-    model: LoadedModel,
+    model: Runtime,
     probes: ProbeSet,
     indices: range,
     plan: ShiftPlan,
@@ -477,7 +479,7 @@ def _log_probabilities(out: torch.Tensor, config: AuditConfig) -> torch.Tensor:
 
 
 def _check_outputs(
-    logp: torch.Tensor, model: LoadedModel, probes: ProbeSet, config: AuditConfig, seen: int
+    logp: torch.Tensor, model: Runtime, probes: ProbeSet, config: AuditConfig, seen: int
 ) -> int:
     """Validate the first batch's outputs against the config and the labels."""
     classes = int(logp.shape[1])
@@ -504,7 +506,7 @@ def _check_outputs(
 
 
 def _layer_profile(
-    model: LoadedModel,
+    model: Runtime,
     probes: ProbeSet,
     config: AuditConfig,
     *,

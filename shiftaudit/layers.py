@@ -14,8 +14,8 @@ from typing import Literal
 
 import torch
 
-from .models import LoadedModel
 from .report import LayerEntry, LayerProfile
+from .runtimes import Runtime
 
 _MAX_EXTRA_TOKENS = 8
 
@@ -73,7 +73,7 @@ def _patch_part(value: torch.Tensor, geometry: _Geometry) -> torch.Tensor:
 
 
 def equivariance_profile(
-    model: LoadedModel, inputs: torch.Tensor, *, layout: str, size: tuple[int, int]
+    model: Runtime, inputs: torch.Tensor, *, layout: str, size: tuple[int, int]
 ) -> LayerProfile:
     """Profile every rank-3/4 intermediate output of `model` on `inputs` (model layout)."""
     count = int(inputs.shape[0])

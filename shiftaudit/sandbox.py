@@ -242,7 +242,7 @@ def _child(job_path: Path) -> int:
     from .config import AuditConfig
     from .engine import sweep_shard
     from .errors import ShiftAuditError
-    from .models import is_out_of_memory
+    from .runtimes import is_out_of_memory
 
     last = 0.0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .models import LoadedModel
+from .runtimes import Runtime
 
 # Below this many forward passes in an audit, measuring would cost more than it saves.
 MIN_PAIRS_TO_TUNE = 256
@@ -80,7 +80,7 @@ def forward_throughput(
 
 
 def measure(
-    model: LoadedModel,
+    model: Runtime,
     *,
     size: tuple[int, int],
     layout: str,
@@ -127,7 +127,7 @@ def measure(
 
 
 def _timed(
-    model: LoadedModel,
+    model: Runtime,
     batch: int,
     channels_last: bool,
     *,
@@ -147,7 +147,7 @@ def _timed(
 
 
 def choose(
-    model: LoadedModel,
+    model: Runtime,
     *,
     model_sha256: str,
     size: tuple[int, int],

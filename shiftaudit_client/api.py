@@ -148,7 +148,7 @@ def delete_model(model_id: uuid.UUID) -> Call[None]:
 def upload_probe_set(
     path: Path, *, name: str, class_names: Sequence[str] | None = None
 ) -> Call[ProbeSetUploaded]:
-    """Upload a .zip or .tar(.gz) of images (`shiftaudit.probes.pack_directory` packs a
+    """Upload a .zip or .tar(.gz) of images (`shiftaudit.archives.pack_directory` packs a
     directory reproducibly)."""
     fields = {"name": name}
     if class_names is not None:

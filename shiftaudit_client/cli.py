@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 from service.audits.schemas import AuditOut
 from service.pagination import Page
 from service.stored_files import StoredFileOut
+from shiftaudit.archives import pack_directory
 from shiftaudit.cli import ProgressBar, config_from_args, format_summary
 from shiftaudit.config import AuditConfig
 from shiftaudit.errors import ShiftAuditError
 from shiftaudit.files import sha256_file
-from shiftaudit.probes import pack_directory
 from shiftaudit_client import api
 from shiftaudit_client.api import Call
 from shiftaudit_client.http import ApiError, Client, ServiceUnavailable, WaitTimeout

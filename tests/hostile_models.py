@@ -1,4 +1,4 @@
-"""TorchScript classifiers that ``load_model`` accepts but that misbehave once they are run.
+"""TorchScript classifiers that ``load_runtime`` accepts but that misbehave once they are run.
 
 Each takes a (B, 3, H, W) float batch and, were it to return, would give (B, 10) logits.
 """

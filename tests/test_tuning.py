@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from shiftaudit.models import load_model
+from shiftaudit.runtimes import load_runtime
 from shiftaudit.tuning import UNTUNED_BATCH, choose, measure
 
 from .nets import AliasingNet, export_program
 
 
 def test_measure_returns_a_timed_setting(tmp_path):
-    model = load_model(export_program(AliasingNet(), tmp_path / "m.pt2"))
+    model = load_runtime(export_program(AliasingNet(), tmp_path / "m.pt2"))
     tuning = measure(model, size=(16, 16), layout="NCHW", max_batch=16, budget_s=2.0)
     assert tuning.batch_size in {1, 2, 4, 8, 16}
     assert tuning.images_per_s is not None
@@ -19,7 +19,7 @@ def test_measure_returns_a_timed_setting(tmp_path):
 
 
 def test_choice_is_cached_per_model_and_reused(tmp_path):
-    model = load_model(export_program(AliasingNet(), tmp_path / "m.pt2"))
+    model = load_runtime(export_program(AliasingNet(), tmp_path / "m.pt2"))
     args = {
         "model_sha256": "abc",
         "size": (16, 16),
@@ -46,7 +46,7 @@ def test_choice_is_cached_per_model_and_reused(tmp_path):
 
 
 def test_small_audits_and_fixed_batches_are_not_measured(tmp_path):
-    model = load_model(export_program(AliasingNet(), tmp_path / "m.pt2"))
+    model = load_runtime(export_program(AliasingNet(), tmp_path / "m.pt2"))
     common = {
         "model_sha256": "abc",
         "size": (16, 16),

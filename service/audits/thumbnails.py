@@ -25,7 +25,7 @@ from service.storage import ArtifactStorage
 from shiftaudit.config import AuditConfig
 from shiftaudit.errors import ShiftAuditError
 from shiftaudit.preprocess import source_geometry, sources
-from shiftaudit.probes import ProbeSet, open_probe_set
+from shiftaudit.probe_sets import ProbeSet, open_probe_set
 from shiftaudit.shifts import ShiftGenerator, plan_shifts
 
 MAX_SIDE = 256  # larger model inputs are scaled down: a thumbnail, not the tensor

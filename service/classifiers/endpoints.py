@@ -24,7 +24,7 @@ from service.stored_files import (
 )
 from service.uploads import MultipartUpload
 from shiftaudit.errors import ModelError
-from shiftaudit.models import sniff_model_format
+from shiftaudit.model_files import sniff_model_format
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 NOT_FOUND = "no model with this id in your team"

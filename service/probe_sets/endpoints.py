@@ -31,8 +31,9 @@ from service.stored_files import (
     upload_fingerprint,
 )
 from service.uploads import MultipartUpload
+from shiftaudit.archives import pack_tar
 from shiftaudit.errors import ProbeSetError
-from shiftaudit.probes import open_probe_set, pack_tar
+from shiftaudit.probe_sets import open_probe_set
 
 router = APIRouter(prefix="/v1/probe-sets", tags=["probe sets"])
 NOT_FOUND = "no probe set with this id in your team"

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from service.policies.schemas import Threshold
+from shiftaudit.archives import pack_directory
 from shiftaudit.config import AuditConfig
-from shiftaudit.probes import pack_directory
 from shiftaudit_client import (
     ApiError,
     AsyncClient,

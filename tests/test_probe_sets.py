@@ -1,4 +1,4 @@
-"""Tests for shiftaudit.probes: real files in tmp_path, no mocks."""
+"""Tests for shiftaudit.probe_sets (archives, labels, images): real files in tmp_path, no mocks."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from shiftaudit.errors import ProbeSetError, ShiftAuditError
-from shiftaudit.probes import Probe, ProbeLimits, ProbeSet, open_probe_set
+from shiftaudit.probe_sets import Probe, ProbeLimits, ProbeSet, open_probe_set
 
 # ---------------------------------------------------------------- helpers
 

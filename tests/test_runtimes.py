@@ -1,4 +1,5 @@
-"""Tests for shiftaudit.models: format sniffing, safe loading, logits, layers and refusals."""
+"""Tests for shiftaudit.model_files and shiftaudit.runtimes: format sniffing, safe loading,
+logits, layers and refusals."""
 
 from __future__ import annotations
 
@@ -21,14 +22,9 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from shiftaudit.errors import ModelError
-from shiftaudit.models import (
-    DeclaredInput,
-    LoadedModel,
-    ModelFormat,
-    check_input_shape,
-    load_model,
-    sniff_model_format,
-)
+from shiftaudit.input_contract import DeclaredInput, check_input_shape
+from shiftaudit.model_files import ModelFormat, sniff_model_format
+from shiftaudit.runtimes import Runtime, load_runtime
 
 FORMATS = [ModelFormat.ONNX, ModelFormat.TORCHSCRIPT, ModelFormat.EXPORTED_PROGRAM]
 
@@ -94,8 +90,8 @@ def files(net: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
 
 
 @pytest.fixture(scope="module")
-def loaded(files: dict[str, Path]) -> dict[str, LoadedModel]:
-    return {str(f): load_model(files[str(f)]) for f in FORMATS}
+def loaded(files: dict[str, Path]) -> dict[str, Runtime]:
+    return {str(f): load_runtime(files[str(f)]) for f in FORMATS}
 
 
 def rewrite_zip(src: Path, dst: Path, edits: dict[str, Callable[[bytes], bytes]]) -> Path:
@@ -114,7 +110,7 @@ def assert_refused(path: Path, match: str, *, pwned: Path | None = None) -> None
     with pytest.raises(ModelError, match=match):
         sniff_model_format(path)
     with pytest.raises(ModelError, match=match):
-        load_model(path)
+        load_runtime(path)
     if pwned is not None:
         assert not pwned.exists(), "the payload ran"
 
@@ -132,7 +128,7 @@ def test_sniff_ignores_lying_extension(files: dict[str, Path], fmt: ModelFormat,
     liar = tmp_path / ("model.onnx" if fmt is not ModelFormat.ONNX else "model.pt")
     shutil.copy(files[str(fmt)], liar)
     assert sniff_model_format(liar) is fmt
-    assert load_model(liar).format is fmt
+    assert load_runtime(liar).format is fmt
 
 
 @pytest.mark.parametrize("batch", [1, 5])
@@ -191,7 +187,7 @@ def test_layer_outputs(net, loaded, fmt: ModelFormat, conv_op: str) -> None:
 
 
 def test_onnx_threads_and_provider(files) -> None:
-    model = load_model(files["onnx"], threads=1)
+    model = load_runtime(files["onnx"], threads=1)
     assert model.execution_provider == "CPUExecutionProvider"  # type: ignore[attr-defined]
     assert not model.supports_channels_last
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 5)
@@ -210,7 +206,7 @@ def test_onnx_float16_input_is_cast(tmp_path) -> None:
     path = tmp_path / "fp16.onnx"
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.save(proto, path)
-    model = load_model(path)
+    model = load_runtime(path)
     assert model.declared == DeclaredInput("NCHW", 3, 8, 8, 3, "x")
     x = torch.rand(2, 3, 8, 8)
     torch.testing.assert_close(model(x), x.mean((2, 3)), atol=1e-2, rtol=0)
@@ -233,7 +229,7 @@ class VectorOut(nn.Module):
 def test_output_tuple_and_singleton_dims_normalised(tmp_path) -> None:
     x = torch.randn(2, 3, 8, 8)
     torch.jit.trace(TupleOut(), x).save(str(tmp_path / "t.ts"))
-    out = load_model(tmp_path / "t.ts")(x)
+    out = load_runtime(tmp_path / "t.ts")(x)
     torch.testing.assert_close(out, x.mean((2, 3)))
 
 
@@ -241,7 +237,7 @@ def test_output_not_2d_is_refused(tmp_path) -> None:
     x = torch.randn(2, 3, 8, 8)
     torch.jit.trace(VectorOut(), x).save(str(tmp_path / "v.ts"))
     with pytest.raises(ModelError, match=r"shape \(2,\)"):
-        load_model(tmp_path / "v.ts")(x)
+        load_runtime(tmp_path / "v.ts")(x)
 
 
 @pytest.mark.parametrize("fmt", [ModelFormat.ONNX, ModelFormat.EXPORTED_PROGRAM])
@@ -425,7 +421,7 @@ def test_missing_file(tmp_path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_cuda_logits_match(net, files, fmt: ModelFormat) -> None:
-    model = load_model(files[str(fmt)], device="cuda")
+    model = load_runtime(files[str(fmt)], device="cuda")
     x = torch.randn(4, 3, 32, 32)
     out = model(x.cuda())
     assert out.device.type == "cuda"
