@@ -199,7 +199,7 @@ def main() -> None:
     if env.get("DATABASE_URL"):
         upgrade(env["DATABASE_URL"])  # `serve` refuses an unmigrated PostgreSQL
     key = issue_key(env, team="load", scope="write")
-    cli = [sys.executable, "-m", "shiftaudit.cli"]
+    cli = [sys.executable, "-m", "shiftaudit_cli"]
     model, probes = write_example(work / "example")
     files = {
         "model": model,

@@ -30,17 +30,18 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from sqlalchemy import insert
 
-from service.audits.models import Audit, AuditReport, AuditStatus
-from service.classifiers.models import ModelFile
+from service.audits.tables import Audit, AuditReport
 from service.db import make_engine, session_factory, utcnow
 from service.demo import wait_ready
 from service.migrate import upgrade
-from service.probe_sets.models import ProbeSetFile
-from service.teams.models import Scope
+from service.models.tables import ModelFile
+from service.probe_sets.tables import ProbeSetFile
 from service.teams.repository import create_key, get_or_create_team
+from service.teams.tables import Scope
 from shiftaudit.config import AuditConfig
 from shiftaudit.engine import run_audit
 from shiftaudit.examples import write_example
+from shiftaudit_api.audits import AuditStatus
 
 PEPPER = "benchmark-pepper-" + "x" * 32
 

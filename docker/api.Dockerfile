@@ -20,17 +20,20 @@ RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/shi
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
 WORKDIR /app
-# The dependencies from pyproject.toml alone: cached until they change.
+# The server's dependencies from pyproject.toml alone (core, engine and server extras, less
+# the extras' references to the project itself): cached until they change.
 COPY pyproject.toml ./
 RUN python -c "import subprocess, sys, tomllib; \
-deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = project['optional-dependencies']; \
+deps = [d for d in project['dependencies'] + extras['engine'] + extras['server'] \
+        if not d.startswith('shiftaudit[')]; \
 subprocess.check_call([sys.executable, '-m', 'pip', 'install', *deps])"
 
 # Everything .dockerignore lets through (no tests, no local state, no .env).
 COPY . .
-# Editable: service/migrate.py finds migrations/ beside the packages (a wheel would not
-# carry it), and `alembic upgrade head` runs from here with alembic.ini.
-RUN pip install --no-deps -e .
+# An ordinary install: the migrations travel inside the package (`shiftaudit migrate`).
+RUN pip install --no-deps .
 
 USER shiftaudit
 # Named volumes mounted here start with this ownership.

@@ -34,14 +34,16 @@ WORKDIR /app
 # build): both provide the module `onnxruntime` and must not be installed together.
 COPY pyproject.toml ./
 RUN python -c "import os, subprocess, sys, tomllib; \
-deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
-deps = [d for d in deps if not d.startswith('onnxruntime')]; \
+project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = project['optional-dependencies']; \
+deps = project['dependencies'] + extras['engine'] + extras['server']; \
+deps = [d for d in deps if not d.startswith(('onnxruntime', 'shiftaudit['))]; \
 deps.append('onnxruntime-gpu==' + os.environ['ONNXRUNTIME_GPU_VERSION']); \
 subprocess.check_call([sys.executable, '-m', 'pip', 'install', *deps])"
 
 # Everything .dockerignore lets through (no tests, no local state, no .env).
 COPY . .
-RUN pip install --no-deps -e .
+RUN pip install --no-deps .
 
 USER shiftaudit
 VOLUME ["/data"]

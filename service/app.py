@@ -7,7 +7,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -15,21 +15,22 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import metrics, problems
 from service.audits import endpoints as audits
 from service.audits.reconciler import policy_from, reconcile_once
-from service.classifiers import endpoints as classifiers
 from service.compare import endpoints as compare
 from service.db import make_engine, session_factory, utcnow
 from service.deps import Reader
-from service.hooks import endpoints as hooks
+from service.errors import Unavailable
+from service.models import endpoints as models
+from service.outbound_webhooks import endpoints as outbound_webhooks
 from service.policies import endpoints as policies
 from service.probe_sets import endpoints as probe_sets
 from service.queue import AuditQueue, EmbeddedQueue, queue_from_settings
+from service.registry_hooks import endpoints as registry_hooks
 from service.settings import Settings, get_settings
 from service.storage import storage_from_url
-from service.teams.schemas import Identity
 from service.ui import export as ui_export
 from service.ui import pages as ui_pages
-from service.webhooks import endpoints as webhooks
-from shiftaudit import __version__
+from shiftaudit_api import API_VERSION
+from shiftaudit_api.common import Identity
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None, queue: AuditQueue | None = None
 
     app = FastAPI(
         title="shiftaudit",
-        version=__version__,
+        version=API_VERSION,
         description="Audits image classifiers for translation invariance.",
         lifespan=lifespan,
         responses=problems.PROBLEM_RESPONSES,
@@ -73,14 +74,17 @@ def create_app(settings: Settings | None = None, queue: AuditQueue | None = None
     app.state.storage = storage_from_url(settings.resolved_storage_url)
     problems.install(app)
     metrics.install(app)  # GET /metrics and the request-metrics middleware
-    app.include_router(classifiers.router, responses=problems.PROBLEM_RESPONSES)
-    app.include_router(audits.router, responses=problems.PROBLEM_RESPONSES)
-    app.include_router(compare.router, responses=problems.PROBLEM_RESPONSES)
-    app.include_router(policies.router, responses=problems.PROBLEM_RESPONSES)
-    app.include_router(webhooks.router, responses=problems.PROBLEM_RESPONSES)
-    app.include_router(hooks.router, responses=problems.PROBLEM_RESPONSES)
-    app.include_router(probe_sets.router, responses=problems.PROBLEM_RESPONSES)
-    app.include_router(ui_export.router, responses=problems.PROBLEM_RESPONSES)
+    for domain in (
+        models,
+        audits,
+        compare,
+        policies,
+        outbound_webhooks,
+        registry_hooks,
+        probe_sets,
+        ui_export,
+    ):
+        app.include_router(domain.router, responses=problems.PROBLEM_RESPONSES)
     app.include_router(ui_pages.router)  # /ui: the dashboard (static pages, no data)
 
     @app.get("/healthz", tags=["operations"])
@@ -95,11 +99,11 @@ def create_app(settings: Settings | None = None, queue: AuditQueue | None = None
             with app.state.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
         except SQLAlchemyError as error:
-            raise HTTPException(503, f"database unreachable: {type(error).__name__}") from error
+            raise Unavailable(f"database unreachable: {type(error).__name__}") from error
         try:
             app.state.queue.ping()
         except Exception as error:  # any broker failure means: do not route traffic here
-            raise HTTPException(503, f"queue unreachable: {type(error).__name__}") from error
+            raise Unavailable(f"queue unreachable: {type(error).__name__}") from error
         return {"status": "ready", "database": "ok", "queue": "ok"}
 
     @app.get("/v1/me", tags=["teams"])

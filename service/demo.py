@@ -1,8 +1,9 @@
 """`shiftaudit demo`: the main job end to end over HTTP on the embedded default.
 
-Starts `shiftaudit serve` (SQLite and local storage in a fresh data directory), issues an
-API key, uploads the bundled example model and probe set, queues an audit, follows its
-progress and prints the report's summary, then stops the server.
+Starts `shiftaudit serve` (SQLite and local storage in a fresh data directory, its log in a
+file there), issues an API key, uploads the bundled example model and probe set, queues an
+audit, follows it with one progress bar, prints the report's summary, stops the server and
+says how to look at the audit in the dashboard.
 """
 
 from __future__ import annotations
@@ -14,23 +15,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-from service.audits.schemas import AuditOut
-from shiftaudit.cli import format_summary
 from shiftaudit.config import AuditConfig
 from shiftaudit.errors import ShiftAuditError
 from shiftaudit.report import Report
+from shiftaudit.terminal import ProgressBar, format_summary
+from shiftaudit_api.audits import AuditOut
 from shiftaudit_client import Client, api
 
 _CONFIG = {"sweep": {"mode": "circular", "max_shift": 4}}
+CLI = [sys.executable, "-m", "shiftaudit_cli"]
 
 
-def register(commands: Any) -> None:
-    """Add `demo` to the shiftaudit CLI."""
-    demo = commands.add_parser("demo", help="run the example audit through the REST service")
+def configure_demo(demo: argparse.ArgumentParser) -> None:
+    """`demo`: the example audit through the REST service."""
     demo.add_argument("--data-dir", type=Path, default=Path("build/demo-data"))
     demo.add_argument("--port", type=int, default=8765)
     demo.set_defaults(handler=_demo)
@@ -46,36 +46,47 @@ def _demo(args: argparse.Namespace) -> int:
     for name in ("DATABASE_URL", "REDIS_URL", "SHIFTAUDIT_DATABASE_URL", "SHIFTAUDIT_STORAGE_URL"):
         env.pop(name, None)
     key = issue_key(env, team="demo", scope="write")
-    cli = [sys.executable, "-m", "shiftaudit.cli"]
-    server = subprocess.Popen([*cli, "serve", "--port", str(args.port)], env=env)
+    log_path = args.data_dir / "server.log"
     base = f"http://127.0.0.1:{args.port}"
-    try:
-        with httpx.Client(base_url=base) as http:
-            wait_ready(http, server)
-        with Client(base, key) as client:
-            report = _audit(client, model, Path(archive))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    print(f"serving on {base} (log: {log_path})", file=sys.stderr)
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [*CLI, "serve", "--port", str(args.port), "--no-access-log"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            with httpx.Client(base_url=base) as http:
+                wait_ready(http, server)
+            with Client(base, key) as client:
+                audit_id, report = _audit(client, model, Path(archive))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
     print(format_summary(report))
-    print(f"served by {base}; data in {args.data_dir}")
+    shiftaudit = _command_name()
+    where = f"SHIFTAUDIT_DATA_DIR={args.data_dir}"
+    print(
+        f"\nNext, browse this audit in the dashboard:\n"
+        f"  {where} {shiftaudit} serve\n"
+        f"  open http://127.0.0.1:8000/ui/audits/{audit_id}\n"
+        f"  and sign in with a key from:\n"
+        f"  {where} {shiftaudit} keys create --team demo --scope read"
+    )
     return 0
+
+
+def _command_name() -> str:
+    """How the user ran `shiftaudit` (a venv's path, say), to print commands that work."""
+    invoked = Path(sys.argv[0])
+    return str(invoked) if invoked.name == "shiftaudit" else "shiftaudit"
 
 
 def issue_key(env: dict[str, str], *, team: str, scope: str) -> str:
     """A new API key from `shiftaudit keys create`, run with `env` (its database)."""
     created = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "shiftaudit.cli",
-            "keys",
-            "create",
-            "--team",
-            team,
-            "--scope",
-            scope,
-        ],
+        [*CLI, "keys", "create", "--team", team, "--scope", scope],
         env=env,
         check=True,
         capture_output=True,
@@ -99,7 +110,7 @@ def wait_ready(http: httpx.Client, server: subprocess.Popen[bytes]) -> None:
     raise ShiftAuditError("the server did not become ready within 60 s")
 
 
-def _audit(client: Client, model: Path, probes: Path) -> Report:
+def _audit(client: Client, model: Path, probes: Path) -> tuple[str, Report]:
     model_id = client.send(api.upload_model(model, name="example")).id
     probe_set_id = client.send(api.upload_probe_set(probes, name="photos")).id
     config = AuditConfig.model_validate(_CONFIG)
@@ -107,11 +118,13 @@ def _audit(client: Client, model: Path, probes: Path) -> Report:
         api.create_audit(model_id=model_id, probe_set_id=probe_set_id, config=config)
     )
     print(f"audit {audit.id} queued", file=sys.stderr)
+    bar = ProgressBar(sys.stderr)
 
     def show(update: AuditOut) -> None:
-        print(f"  {update.status:<9} {100 * update.progress:5.1f}%", file=sys.stderr)
+        bar(update.progress, update.status.value)
 
     audit = client.wait(audit.id, poll_s=0.5, on_update=show)
+    bar.close()
     if audit.status != "succeeded":
         raise ShiftAuditError(f"the audit {audit.status}: {audit.error}")
-    return client.send(api.get_report(audit.id))
+    return str(audit.id), client.send(api.get_report(audit.id))

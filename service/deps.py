@@ -7,14 +7,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.db import session_scope
+from service.errors import Forbidden, Unauthenticated
 from service.settings import Settings
-from service.teams.models import Scope
 from service.teams.repository import authenticate
+from service.teams.tables import Scope
 
 
 def get_settings(request: Request) -> Settings:
@@ -47,16 +48,13 @@ def get_principal(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    unauthorised = {"WWW-Authenticate": "Bearer"}
     if credentials is None:
-        raise HTTPException(
-            401, "an API key is required (Authorization: Bearer ...)", headers=unauthorised
-        )
+        raise Unauthenticated("an API key is required (Authorization: Bearer ...)")
     row = authenticate(
         session, plaintext=credentials.credentials, pepper=settings.secret_key.get_secret_value()
     )
     if row is None:
-        raise HTTPException(401, "the API key is unknown or revoked", headers=unauthorised)
+        raise Unauthenticated("the API key is unknown or revoked")
     return Principal(team_id=row.team_id, team_name=row.team.name, scope=row.scope)
 
 
@@ -65,7 +63,7 @@ def requires(scope: Scope) -> Callable[[Principal], Principal]:
 
     def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
         if not principal.scope.allows(scope):
-            raise HTTPException(403, f"this endpoint needs a key with scope '{scope.value}'")
+            raise Forbidden(f"this endpoint needs a key with scope '{scope.value}'")
         return principal
 
     return check

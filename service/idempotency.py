@@ -13,8 +13,8 @@ ever sent.
 
 Uploads (`POST /v1/models`, `POST /v1/probe-sets`) take the key too; their fingerprint
 includes the uploaded bytes' sha256, so it is checked after streaming
-(`service.stored_files.register_once`). Without a key they are still idempotent by content:
-a re-upload of the same bytes is a 200 with `deduplicated: true` and the existing row.
+(`service.stored_files.endpoints.answer_upload`). Without a key they are still idempotent by
+content: a re-upload of the same bytes is a 200 with `deduplicated: true` and the existing row.
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import JSON, ForeignKey, Index, Integer, String, UniqueConstraint, delete, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from service.db import Base, RecordMixin, utcnow
+from service.errors import Invalid
 
 REPLAYED_HEADER = "Idempotency-Replayed"
 # Long enough for any client's retries of one request; a key is not a permanent record.
@@ -124,9 +125,7 @@ class Idempotency:
         if row is None:
             return None
         if row.request_hash != self.request_hash:
-            raise HTTPException(
-                422, "this Idempotency-Key was already used for a different request"
-            )
+            raise Invalid("this Idempotency-Key was already used for a different request")
         return JSONResponse(
             row.response_body, status_code=row.status_code, headers={REPLAYED_HEADER: "true"}
         )

@@ -26,7 +26,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.audits.models import Audit, AuditStatus
+from service.audits.tables import Audit
+from shiftaudit_api.audits import AuditStatus
 
 logger = logging.getLogger(__name__)
 

@@ -5,22 +5,17 @@ from __future__ import annotations
 import base64
 import uuid
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import TypeVar
 
-from fastapi import HTTPException
 from pydantic import BaseModel
 from sqlalchemy import Select, and_, or_
 
 from service.db import RecordMixin
+from service.errors import Invalid
+from shiftaudit_api.common import Page
 
-T = TypeVar("T")
 KeyedT = TypeVar("KeyedT", bound=RecordMixin)
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    next_cursor: str | None
 
 
 def encode_cursor(created_at: datetime, row_id: uuid.UUID) -> str:
@@ -34,7 +29,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created, _, row_id = raw.partition("|")
         return datetime.fromisoformat(created), uuid.UUID(row_id)
     except ValueError as error:
-        raise HTTPException(422, "cursor: not a cursor this API issued") from error
+        raise Invalid("cursor: not a cursor this API issued") from error
 
 
 def newest_first(

@@ -10,22 +10,22 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
-PROBLEM_JSON = "application/problem+json"
+from service import errors
+from shiftaudit_api.common import PROBLEM_JSON, Problem
 
-
-class Problem(BaseModel):
-    """RFC 9457 problem details; validation errors add `errors`."""
-
-    type: str = "about:blank"
-    title: str
-    status: int
-    detail: str
-    errors: list[dict[str, Any]] | None = None
-
-
+# The one place a domain error gets its HTTP status.
+STATUS: dict[type[errors.DomainError], int] = {
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.Invalid: 422,
+    errors.TooLarge: 413,
+    errors.Unauthenticated: 401,
+    errors.Forbidden: 403,
+    errors.Unavailable: 503,
+    errors.UpstreamFailed: 502,
+}
 _PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": Problem.model_json_schema()}}
 # Documented on every route, so clients and schema checkers know what errors look like.
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -33,6 +33,14 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status in (400, 401, 403, 404, 409, 413, 415, 422, 500, 503)
 }
 logger = logging.getLogger(__name__)
+
+
+def status_of(error: errors.DomainError) -> int:
+    """The HTTP status of a domain error (its nearest listed class)."""
+    for kind in type(error).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return 500
 
 
 def problem(
@@ -54,18 +62,24 @@ def problem(
 def install(app: FastAPI) -> None:
     """Route every error the app can raise through `problem`."""
 
+    @app.exception_handler(errors.DomainError)
+    async def _domain(_: Request, error: errors.DomainError) -> JSONResponse:
+        status = status_of(error)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return problem(status, str(error), headers=headers)
+
     @app.exception_handler(HTTPException)
     async def _http(_: Request, error: HTTPException) -> JSONResponse:
         return problem(error.status_code, str(error.detail), headers=error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
-        errors = [
+        errors_ = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
             for e in error.errors()
         ]
-        summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
-        return problem(422, summary or "invalid request", errors=errors)
+        summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors_)
+        return problem(422, summary or "invalid request", errors=errors_)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, error: Exception) -> JSONResponse:

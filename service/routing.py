@@ -1,5 +1,5 @@
 """Where shards go: the task and queue names that the API, the reconciler and the workers
-share (no imports of the service, so that schemas and the worker CLI can use it)."""
+share (no imports of the service, so that the worker CLI can use it)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import uuid
 # number), one queue per kind of device an audit may run on, and one per GPU type.
 RUN_SHARD_TASK = "shiftaudit.run_shard"
 GPU_QUEUE, CPU_QUEUE, ANY_QUEUE = "audits.gpu", "audits.cpu", "audits.any"
-GPU_TYPE_NAME = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 
 
 def gpu_type_queue(gpu_type: str) -> str:

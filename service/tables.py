@@ -1,23 +1,23 @@
 """Every mapped table, imported in one place so that `Base.metadata` is complete."""
 
 from service import idempotency
-from service.audits import models as audits
-from service.classifiers import models as classifiers
+from service.audits import tables as audits
 from service.db import Base
-from service.hooks import models as hooks
-from service.policies import models as policies
-from service.probe_sets import models as probe_sets
-from service.teams import models as teams
-from service.webhooks import models as webhooks
+from service.models import tables as models
+from service.outbound_webhooks import tables as outbound_webhooks
+from service.policies import tables as policies
+from service.probe_sets import tables as probe_sets
+from service.registry_hooks import tables as registry_hooks
+from service.teams import tables as teams
 
 __all__ = [
     "Base",
     "audits",
-    "classifiers",
-    "hooks",
     "idempotency",
+    "models",
+    "outbound_webhooks",
     "policies",
     "probe_sets",
+    "registry_hooks",
     "teams",
-    "webhooks",
 ]

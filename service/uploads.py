@@ -13,7 +13,19 @@ from pathlib import Path
 from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from service.errors import TooLarge
+
 MAX_FIELD_BYTES = 64 * 1024
+# Multipart framing and text fields on top of the file part itself.
+_FRAMING_BYTES = 1024 * 1024
+
+
+def refuse_declared_length(request: Request, *, limit: int, message: str) -> None:
+    """TooLarge at once when the declared body is over `limit` (plus framing), before any of
+    it is read; bodies without a length are held to the limit while they stream."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + _FRAMING_BYTES:
+        raise TooLarge(message)
 
 
 class MultipartUpload:

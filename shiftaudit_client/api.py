@@ -16,20 +16,26 @@ from typing import Any, Generic, Literal, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from service.audits.models import AuditStatus
-from service.audits.schemas import AuditOut
-from service.classifiers.schemas import ModelOut, ModelUploaded
-from service.compare.schemas import ComparisonOut, TrendPoint
-from service.hooks.endpoints import Defaults, HookAccepted
-from service.hooks.schemas import MlflowConnectionOut, MlflowConnectionSaved, MlflowEvent
-from service.pagination import Page
-from service.policies.schemas import NoRegression, PolicyOut, Threshold
-from service.probe_sets.schemas import ProbeSetOut, ProbeSetUploaded
-from service.teams.schemas import Identity
-from service.webhooks.endpoints import CreatedSubscription, DeliveryOut, SubscriptionOut
-from service.webhooks.endpoints import Event as WebhookEvent
 from shiftaudit.config import AuditConfig
 from shiftaudit.report import Report
+from shiftaudit_api.audits import AuditOut, AuditStatus
+from shiftaudit_api.common import Identity, Page
+from shiftaudit_api.comparisons import ComparisonOut, TrendPoint
+from shiftaudit_api.outbound_webhooks import (
+    CreatedSubscription,
+    DeliveryOut,
+    SubscriptionOut,
+    WebhookEvent,
+)
+from shiftaudit_api.policies import NoRegression, PolicyOut, Threshold
+from shiftaudit_api.registry_hooks import (
+    HookAccepted,
+    HookDefaults,
+    MlflowConnectionOut,
+    MlflowConnectionSaved,
+    MlflowEvent,
+)
+from shiftaudit_api.uploads import ModelOut, ModelUploaded, ProbeSetOut, ProbeSetUploaded
 
 T = TypeVar("T")
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -320,15 +326,25 @@ def webhook_deliveries(subscription_id: uuid.UUID) -> Call[list[DeliveryOut]]:
 
 
 def set_hook_defaults(
-    *, probe_set_id: uuid.UUID, config: AuditConfig | None = None, policies: Sequence[str] = ()
-) -> Call[Defaults]:
+    *,
+    probe_set_id: uuid.UUID,
+    config: AuditConfig | None = None,
+    policies: Sequence[str] = (),
+    gpu_type: str | None = None,
+) -> Call[HookDefaults]:
     """What registry hooks audit new model versions with."""
-    body = Defaults(probe_set_id=probe_set_id, config=config or AuditConfig(), policies=[*policies])
-    return Call("PUT", "/v1/hooks/defaults", _model(Defaults), json=body.model_dump(mode="json"))
+    body = HookDefaults(
+        probe_set_id=probe_set_id,
+        config=config or AuditConfig(),
+        policies=[*policies],
+        gpu_type=gpu_type,
+    )
+    path = "/v1/hooks/defaults"
+    return Call("PUT", path, _model(HookDefaults), json=body.model_dump(mode="json"))
 
 
-def get_hook_defaults() -> Call[Defaults]:
-    return Call("GET", "/v1/hooks/defaults", _model(Defaults))
+def get_hook_defaults() -> Call[HookDefaults]:
+    return Call("GET", "/v1/hooks/defaults", _model(HookDefaults))
 
 
 def generic_hook(

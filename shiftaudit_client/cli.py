@@ -14,16 +14,17 @@ import uuid
 from collections.abc import Callable
 from enum import IntEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from service.audits.schemas import AuditOut
-from service.pagination import Page
-from service.stored_files import StoredFileOut
 from shiftaudit.archives import pack_directory
-from shiftaudit.cli import ProgressBar, config_from_args, format_summary
 from shiftaudit.config import AuditConfig
+from shiftaudit.config_args import add_config_arguments, config_from_args
 from shiftaudit.errors import ShiftAuditError
 from shiftaudit.files import sha256_file
+from shiftaudit.terminal import ProgressBar, format_summary
+from shiftaudit_api.audits import AuditOut
+from shiftaudit_api.common import Page
+from shiftaudit_api.uploads import StoredFileOut
 from shiftaudit_client import api
 from shiftaudit_client.api import Call
 from shiftaudit_client.http import ApiError, Client, ServiceUnavailable, WaitTimeout
@@ -44,11 +45,8 @@ class Exit(IntEnum):
     UNAVAILABLE = 5  # the service could not be reached or kept answering 5xx/429
 
 
-def register(commands: Any) -> None:
-    """Add `submit`, `report` and `compare` to the shiftaudit CLI."""
-    submit = commands.add_parser(
-        "submit", help="upload a model and probes to the service and audit them (CI gate)"
-    )
+def configure_submit(submit: argparse.ArgumentParser) -> None:
+    """`submit MODEL PROBES`: upload what the service lacks, audit, optionally wait and gate."""
     submit.add_argument("model", type=Path, help="ONNX, TorchScript or torch.export file")
     submit.add_argument("probes", type=Path, help="directory, .zip or .tar(.gz) of images")
     submit.add_argument("--name", help="model name (default: the file's stem)")
@@ -59,19 +57,16 @@ def register(commands: Any) -> None:
         default=[],
         help="a policy of your team to gate on (repeatable)",
     )
-    submit.add_argument("--config", type=Path, help="JSON audit config (as for `audit`)")
-    submit.add_argument("--mode", choices=["circular", "zero", "reflect", "edge", "crop", "canvas"])
-    submit.add_argument("--max-shift", type=int, metavar="R")
-    submit.add_argument("--step", type=int, metavar="S")
-    submit.add_argument("--seed", type=int, metavar="N")
-    submit.add_argument("--device", metavar="D", help="auto, cpu, cuda or cuda:N")
+    add_config_arguments(submit)
     submit.add_argument("--gpu-type", metavar="T", help="run on workers for this GPU type")
     submit.add_argument("--wait", action="store_true", help="follow the audit to its end")
     submit.add_argument("--timeout", type=float, metavar="S", help="give up waiting after S s")
     submit.add_argument("--quiet", action="store_true", help="no progress bars")
     submit.set_defaults(handler=_guarded(_submit))
 
-    report = commands.add_parser("report", help="fetch a stored report from the service")
+
+def configure_report(report: argparse.ArgumentParser) -> None:
+    """`report AUDIT`: a stored report as a summary, JSON or one self-contained HTML file."""
     report.add_argument("audit_id", type=uuid.UUID)
     report.add_argument(
         "--format",
@@ -82,7 +77,9 @@ def register(commands: Any) -> None:
     report.add_argument("--out", type=Path, help="write it to a file instead of stdout")
     report.set_defaults(handler=_guarded(_report))
 
-    compare = commands.add_parser("compare", help="compare audits: the first is the baseline")
+
+def configure_compare(compare: argparse.ArgumentParser) -> None:
+    """`compare BASELINE CANDIDATE...`: deltas with intervals and significance."""
     compare.add_argument("audit_ids", type=uuid.UUID, nargs="+", metavar="AUDIT")
     compare.set_defaults(handler=_guarded(_compare))
 

@@ -16,8 +16,8 @@ from typing import Any, BinaryIO, Generic, Self, TypeVar
 
 import httpx
 
-from service.audits.schemas import AuditOut
 from shiftaudit import __version__
+from shiftaudit_api.audits import AuditOut
 from shiftaudit_client.api import Call, get_audit
 
 T = TypeVar("T")

@@ -17,7 +17,7 @@ from .nets import AliasingNet, export_program, noise_probes
 def _run(*args, cwd=None):
     env = {**os.environ, "SHIFTAUDIT_CACHE_DIR": str(cwd or ".")}
     return subprocess.run(
-        [sys.executable, "-m", "shiftaudit.cli", *map(str, args)],
+        [sys.executable, "-m", "shiftaudit_cli", *map(str, args)],
         capture_output=True,
         text=True,
         env=env,

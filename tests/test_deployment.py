@@ -11,6 +11,7 @@ and against shard rows in a database.
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import os
 import re
@@ -23,6 +24,7 @@ import time
 import tomllib
 import urllib.request
 import uuid
+import zipfile
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -35,17 +37,25 @@ from pydantic import AliasChoices
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from service.audits.models import AuditShard, AuditStatus
+from service.audits.tables import AuditShard
 from service.db import utcnow
 from service.migrate import upgrade
 from service.settings import Settings
-from shiftaudit.cli import _parser
+from shiftaudit_api.audits import AuditStatus
+from shiftaudit_cli.main import COMMANDS, parser_for
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 BIN = Path(sys.executable).parent
 SECRETS = ("SHIFTAUDIT_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD")
+
+
+def _parsed(command: list[str]) -> argparse.Namespace:
+    """A `shiftaudit ...` command line as the CLI parses it."""
+    return parser_for(command[1:]).parse_args(command[1:])
+
+
 APP_SERVICES = ("migrate", "api", "worker-gpu", "worker-cpu", "reconciler")
 LONG_RUNNING = ("api", "worker-gpu", "worker-cpu", "reconciler")
 
@@ -229,7 +239,7 @@ def test_health_checks(rendered):
         check = _healthcheck_argv(services[name])
         assert check[:3] == ["python", "-m", "workers.health"], name
         # The node the check pings is the name `shiftaudit worker` gives itself.
-        args = _parser().parse_args(services[name]["command"][1:])
+        args = _parsed(services[name]["command"])
         device, gpu = args.device, args.gpu or ""
         assert check[3] == f"{device}{gpu}@$HOSTNAME", name
         assert args.name is None
@@ -254,7 +264,9 @@ def test_gpu_reservation_only_on_the_gpu_worker(rendered):
     devices = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "device_ids": ["0"], "capabilities": ["gpu"]}]
     # Inside the container the one reserved GPU is index 0.
-    args = _parser().parse_args(services["worker-gpu"]["command"][1:])
+    args = parser_for(services["worker-gpu"]["command"][1:]).parse_args(
+        services["worker-gpu"]["command"][1:]
+    )
     assert (args.device, args.gpu) == ("gpu", "0")
     assert services["worker-gpu"]["build"]["dockerfile"] == "docker/worker-gpu.Dockerfile"
     for name, service in services.items():
@@ -308,7 +320,7 @@ def test_every_command_is_a_real_command(rendered):
         command = services[name]["command"]
         assert command[0] == "shiftaudit", name
         # The installed CLI's own parser: unknown subcommands or options exit here.
-        args = _parser().parse_args(command[1:])
+        args = _parsed(command)
         handlers[name] = f"{args.handler.__module__}.{args.handler.__name__}"
         if command[1] not in helps:  # and the installed `shiftaudit` script agrees
             helps[command[1]] = subprocess.run(
@@ -326,29 +338,75 @@ def test_every_command_is_a_real_command(rendered):
         "worker-cpu": "workers.cli._worker",
         "reconciler": "workers.cli._reconciler",
     }
-    api = _parser().parse_args(services["api"]["command"][1:])
+    api = _parsed(services["api"]["command"])
     assert api.host == "0.0.0.0"
     assert api.workers > 1  # several uvicorn processes: needs REDIS_URL, which is set
     assert _environment(services["api"])["REDIS_URL"]
-    cpu = _parser().parse_args(services["worker-cpu"]["command"][1:])
+    cpu = parser_for(services["worker-cpu"]["command"][1:]).parse_args(
+        services["worker-cpu"]["command"][1:]
+    )
     assert (cpu.device, cpu.threads) == ("cpu", 2)
 
 
-def test_the_migration_job_runs_alembic_from_the_image_workdir(rendered):
-    assert _services(rendered)["migrate"]["command"] == ["alembic", "upgrade", "head"]
-    dockerfile = (ROOT / "docker/api.Dockerfile").read_text()
-    assert "WORKDIR /app" in dockerfile
-    assert "COPY . ." in dockerfile  # alembic.ini and migrations/ (not dockerignored: below)
-    # alembic.ini as the image has it finds the migrations: `alembic heads` reads no database.
-    heads = subprocess.run(
-        [BIN / "alembic", "heads"],
-        cwd=ROOT,
+def test_the_migration_job_runs_the_installed_migrate_command(rendered, tmp_path):
+    assert _services(rendered)["migrate"]["command"] == ["shiftaudit", "migrate"]
+    # From a directory with no alembic.ini and no migrations/ in sight: they ship inside
+    # the package, as in the image's ordinary (non-editable) install.
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env |= {"SHIFTAUDIT_DATA_DIR": str(tmp_path / "data")}
+    (tmp_path / "data").mkdir()
+
+    def migrate(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [BIN / "shiftaudit", "migrate", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    before = migrate("--check")
+    assert before.returncode == 1, before.stderr
+    assert "no revision" in before.stdout
+    done = migrate()
+    assert done.returncode == 0, done.stderr
+    after = migrate("--check")
+    assert after.returncode == 0, after.stderr
+    assert after.stdout.split()[2].rstrip(";") == after.stdout.split()[-1]
+
+
+def test_the_wheel_carries_the_migrations(tmp_path):
+    built = subprocess.run(
+        [
+            BIN / "python",
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
         capture_output=True,
         text=True,
-        timeout=120,
-        check=True,
+        timeout=300,
+        check=False,
     )
-    assert "(head)" in heads.stdout
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("shiftaudit-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(n for n in names if n.startswith("service/migrations/versions/"))
+    in_tree = sorted(
+        f"service/migrations/versions/{p.name}"
+        for p in (ROOT / "service/migrations/versions").glob("*.py")
+    )
+    assert shipped == in_tree
+    assert "service/migrations/env.py" in names
+    assert "service/migrations/script.py.mako" in names
 
 
 def test_serve_refuses_several_workers_without_redis(tmp_path):
@@ -382,8 +440,8 @@ def test_dockerfiles(name):
     users = re.findall(r"^USER (\S+)", dockerfile, re.M)
     assert users, "the image must switch to a user"
     assert users[-1] not in ("root", "0"), "the image must not run as root"
-    # Editable from /app: service/migrate.py needs migrations/ beside the packages.
-    assert "pip install --no-deps -e ." in dockerfile
+    # An ordinary install: the migrations are package data (`shiftaudit migrate`).
+    assert "pip install --no-deps ." in dockerfile
     assert "COPY . ." in dockerfile  # a package added later cannot be left out
     assert not re.search(r"(SECRET|PASSWORD)\w*=", dockerfile), "no secret baked in"
     if name == "worker-gpu.Dockerfile":
@@ -403,15 +461,12 @@ def test_dockerignore_keeps_secrets_out_and_every_runtime_part_in():
     for entry in (".env", ".git", ".venv"):
         assert entry in patterns
     assert "/.env" in (ROOT / ".gitignore").read_text().split()
-    # What the containers load: every package of the CLI's commands (the `shiftaudit` CLI
-    # imports them all to build its parser), the migrations and alembic.ini.
+    # What the containers load: every package of the CLI's commands, and what the
+    # install reads (the migrations are inside the service package).
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    targets = [
-        *project["scripts"].values(),
-        *project["entry-points"]["shiftaudit.commands"].values(),
-    ]
+    targets = [*project["scripts"].values(), *(c.target for c in COMMANDS.values())]
     needed = {target.split(":")[0].split(".")[0] for target in targets}
-    needed |= {"migrations", "alembic.ini", "pyproject.toml", "README.md"}
+    needed |= {"service/migrations", "pyproject.toml", "README.md"}
     for name in sorted(needed):
         assert (ROOT / name).exists(), name
         assert not any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name
@@ -588,7 +643,7 @@ def test_a_gpu_machine_points_its_worker_at_the_shared_services(tmp_path):
     assert env["SHIFTAUDIT_STORAGE_URL"] == "s3://artifacts/shiftaudit/"
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["device_ids"] == ["3"]
-    args = _parser().parse_args(worker["command"][1:])
+    args = _parsed(worker["command"])
     assert args.gpu == "0"  # the one reserved GPU, whichever the host's index
 
 

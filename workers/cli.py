@@ -6,19 +6,16 @@ import argparse
 import os
 import re
 import socket
-from typing import Any
 
 from service.audits.runner import gpu_present
-from service.routing import ANY_QUEUE, CPU_QUEUE, GPU_QUEUE, GPU_TYPE_NAME, gpu_type_queue
+from service.routing import ANY_QUEUE, CPU_QUEUE, GPU_QUEUE, gpu_type_queue
 from service.settings import get_settings
 from shiftaudit.errors import ConfigError
+from shiftaudit_api.audits import GPU_TYPE_NAME
 
 
-def register(commands: Any) -> None:
-    """Add `worker` and `reconciler` to the shiftaudit CLI."""
-    worker = commands.add_parser(
-        "worker", help="run audits from Redis (one worker process per GPU)"
-    )
+def configure_worker(worker: argparse.ArgumentParser) -> None:
+    """`worker`: take shards from Redis and sweep them, sandboxed."""
     worker.add_argument(
         "--device",
         choices=("auto", "cpu", "gpu"),
@@ -46,9 +43,10 @@ def register(commands: Any) -> None:
     )
     worker.add_argument("--loglevel", default="INFO")
     worker.set_defaults(handler=_worker)
-    reconciler = commands.add_parser(
-        "reconciler", help="re-queue audits whose worker died or whose message was lost"
-    )
+
+
+def configure_reconciler(reconciler: argparse.ArgumentParser) -> None:
+    """`reconciler`: make the broker agree with the database, every interval."""
     reconciler.add_argument("--once", action="store_true", help="one pass, then exit")
     reconciler.set_defaults(handler=_reconciler)
 

@@ -17,9 +17,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.audits.models import AuditShard, AuditStatus
+from service.audits.tables import AuditShard
 from service.db import make_engine, utcnow
 from service.settings import Settings, get_settings
+from shiftaudit_api.audits import AuditStatus
 
 
 def answers_ping(settings: Settings, node: str, timeout: float) -> bool:

@@ -5,28 +5,23 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-from service.audits.models import OPEN_STATUSES, Audit, AuditStatus
+from service.audits import service
 from service.audits.repository import AuditFilters, TeamAudits
-from service.audits.schemas import AuditCreate, AuditOut
-from service.audits.service import add_audit, check_gpu_type, dispatch, request_hash
-from service.audits.thumbnails import ShiftedProbe, input_size_of, render_png
-from service.classifiers.models import ModelFile
-from service.db import utcnow
+from service.audits.thumbnails import ShiftedProbe, render_png
 from service.deps import Reader, SessionDep, SettingsDep, Writer
 from service.idempotency import IdempotencyDep
-from service.pagination import Page, decode_cursor, page_of
-from service.policies.repository import team_policies
-from service.probe_sets.models import ProbeSetFile
-from service.stored_files import TeamFiles
+from service.pagination import decode_cursor, page_of
+from service.probe_sets.tables import ProbeSetFile
 from shiftaudit.config import AuditConfig
+from shiftaudit.report import Report
+from shiftaudit_api.audits import AuditCreate, AuditOut, AuditStatus
+from shiftaudit_api.common import Page
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
 
@@ -59,30 +54,16 @@ def create_audit(
     replayed = idempotency.replay(session, team_id)
     if replayed is not None:
         return _with_location(replayed)
-    model = TeamFiles(session, team_id, ModelFile).get(body.model_id)
-    if model is None:
-        raise HTTPException(404, f"no model with id {body.model_id} in your team")
-    probe_set = TeamFiles(session, team_id, ProbeSetFile).get(body.probe_set_id)
-    if probe_set is None:
-        raise HTTPException(404, f"no probe set with id {body.probe_set_id} in your team")
-    policies = team_policies(session, team_id, body.policies)
-    check_gpu_type(gpu_type=body.gpu_type, config=body.config, known=settings.gpu_types)
-    same = request_hash(model=model, probe_set=probe_set, config=body.config, policies=policies)
-    audit = _succeeded_with(session, team_id, same) if reuse else None
-    if audit is not None:
-        status_code, out = 200, AuditOut.model_validate(audit).model_copy(update={"reused": True})
-    else:
-        audit = add_audit(
-            session=session,
-            team_id=team_id,
-            model=model,
-            probe_set=probe_set,
-            config=body.config,
-            policies=policies,
-            shard_probes=settings.shard_probes,
-            gpu_type=body.gpu_type,
-        )
-        status_code, out = 202, AuditOut.model_validate(audit)
+    audit, created = service.create_audit(
+        session=session,
+        team_id=team_id,
+        body=body,
+        gpu_types=settings.gpu_types,
+        shard_probes=settings.shard_probes,
+        reuse=reuse,
+    )
+    out = AuditOut.model_validate(audit).model_copy(update={"reused": not created})
+    status_code = 202 if created else 200
     try:
         idempotency.record(session, team_id, status_code, out.model_dump(mode="json"))
         session.commit()  # never a job for a row that could still roll back
@@ -92,8 +73,8 @@ def create_audit(
         if replayed is None:
             raise
         return _with_location(replayed)
-    if status_code == 202:
-        dispatch(session=session, queue=request.app.state.queue, audit=audit)
+    if created:
+        service.dispatch(session=session, queue=request.app.state.queue, audit=audit)
     response.status_code = status_code
     response.headers["Location"] = f"/v1/audits/{audit.id}"
     return out
@@ -103,20 +84,6 @@ def _with_location(replayed: JSONResponse) -> JSONResponse:
     body = json.loads(bytes(replayed.body))
     replayed.headers["Location"] = f"/v1/audits/{body['id']}"
     return replayed
-
-
-def _succeeded_with(session: Session, team_id: uuid.UUID, request_hash: str) -> Audit | None:
-    """The team's latest succeeded audit of this request hash (failed ones are never reused)."""
-    return session.scalar(
-        select(Audit)
-        .where(
-            Audit.team_id == team_id,
-            Audit.request_hash == request_hash,
-            Audit.status == AuditStatus.SUCCEEDED,
-        )
-        .order_by(Audit.created_at.desc(), Audit.id.desc())
-        .limit(1)
-    )
 
 
 @router.get("")
@@ -171,15 +138,7 @@ def cancel_audit(
     replayed = idempotency.replay(session, principal.team_id)
     if replayed is not None:
         return replayed
-    audit = TeamAudits(session, principal.team_id).get(audit_id)
-    session.execute(
-        update(Audit)
-        .where(Audit.id == audit.id, Audit.status.in_(OPEN_STATUSES))
-        .values(status=AuditStatus.CANCELLED, finished_at=utcnow())
-    )
-    session.refresh(audit)
-    if audit.status is not AuditStatus.CANCELLED:
-        raise HTTPException(409, f"the audit already finished as {audit.status.value}")
+    audit = service.cancel_audit(session=session, team_id=principal.team_id, audit_id=audit_id)
     out = AuditOut.model_validate(audit)
     try:
         idempotency.record(session, principal.team_id, 200, out.model_dump(mode="json"))
@@ -194,7 +153,7 @@ def cancel_audit(
 
 
 @router.get("/{audit_id}/report")
-def get_report(audit_id: uuid.UUID, principal: Reader, session: SessionDep) -> dict[str, Any]:
+def get_report(audit_id: uuid.UUID, principal: Reader, session: SessionDep) -> Report:
     """The engine's versioned report (schema: docs/report.schema.json)."""
     _, report = TeamAudits(session, principal.team_id).report(audit_id)
     return report
@@ -222,7 +181,7 @@ def get_thumbnail(
     shifted = ShiftedProbe(
         probe_set_sha256=probe_set.sha256,
         config=AuditConfig.model_validate(audit.config),
-        input_size=input_size_of(report),
+        input_size=report.input_size,
         probe=probe,
         dy=dy,
         dx=dx,

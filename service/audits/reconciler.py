@@ -25,15 +25,16 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.audits.models import OPEN_STATUSES, Audit, AuditShard, AuditStatus
 from service.audits.runner import complete_audit, fail_audit, move_shard
 from service.audits.service import audit_route
+from service.audits.tables import Audit, AuditShard
 from service.db import make_engine, session_factory, utcnow
 from service.idempotency import purge_expired_keys
+from service.outbound_webhooks.outbox import dispatch_due
 from service.queue import AuditQueue, queue_from_settings
 from service.routing import job_id
 from service.settings import Settings
-from service.webhooks.outbox import dispatch_due
+from shiftaudit_api.audits import OPEN_STATUSES, AuditStatus
 
 log = logging.getLogger(__name__)
 

@@ -1,25 +1,25 @@
-"""Data access for audits, scoped to one team."""
+"""Data access for audits, scoped to one team: the only tenant filter for these tables."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
-from fastapi import HTTPException
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
-from service.audits.models import Audit, AuditReport, AuditStatus
-from service.classifiers.models import ModelFile
+from service.audits.tables import Audit, AuditReport
+from service.errors import Conflict, NotFound
+from service.models.tables import ModelFile
 from service.pagination import newest_first
-
-NOT_FOUND = "no audit with this id in your team"
+from shiftaudit.report import Report
+from shiftaudit_api.audits import AuditStatus
 
 
 class TeamAudits:
-    """The audits one team can see: the only tenant filter for this table."""
+    """The audits one team can see."""
 
     def __init__(self, session: Session, team_id: uuid.UUID) -> None:
         self.session = session
@@ -29,18 +29,28 @@ class TeamAudits:
         return select(Audit).where(Audit.team_id == self.team_id)
 
     def get(self, audit_id: uuid.UUID) -> Audit:
+        """The team's audit; NotFound otherwise."""
         row = self.session.scalar(self._select().where(Audit.id == audit_id))
         if row is None:
-            raise HTTPException(404, NOT_FOUND)
+            raise NotFound(f"no audit with id {audit_id} in your team")
         return row
 
-    def report(self, audit_id: uuid.UUID) -> tuple[Audit, dict[str, Any]]:
-        """The audit and its report; 409 while it has none (not succeeded, or not yet)."""
+    def report(self, audit_id: uuid.UUID) -> tuple[Audit, Report]:
+        """The audit and its report; Conflict while it has none (not succeeded, or not yet)."""
         audit = self.get(audit_id)
         stored = self.session.get(AuditReport, audit.id)
         if stored is None:
-            raise HTTPException(409, f"the audit is {audit.status.value}; no report (yet)")
-        return audit, stored.report
+            raise Conflict(f"the audit is {audit.status.value}; no report (yet)")
+        return audit, Report.model_validate(stored.report)
+
+    def succeeded_with(self, request_hash: str) -> Audit | None:
+        """The latest succeeded audit of this request hash (failed ones are never reused)."""
+        return self.session.scalar(
+            self._select()
+            .where(Audit.request_hash == request_hash, Audit.status == AuditStatus.SUCCEEDED)
+            .order_by(Audit.created_at.desc(), Audit.id.desc())
+            .limit(1)
+        )
 
     def page(
         self, *, limit: int, after: tuple[datetime, uuid.UUID] | None, filters: AuditFilters

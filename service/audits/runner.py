@@ -25,23 +25,25 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.audits.models import OPEN_STATUSES, Audit, AuditReport, AuditShard, AuditStatus
+from service.audits.tables import Audit, AuditReport, AuditShard
 from service.backoff import retry
-from service.classifiers.models import ModelFile
 from service.compare.service import regression_reasons
 from service.db import make_engine, session_factory, utcnow
+from service.errors import DomainError
+from service.models.tables import ModelFile
+from service.outbound_webhooks.outbox import record_audit_events
 from service.policies.evaluate import evaluate
-from service.policies.schemas import PolicyResult
-from service.probe_sets.models import ProbeSetFile
+from service.probe_sets.tables import ProbeSetFile
 from service.settings import Settings
 from service.storage import StorageError, storage_from_url
-from service.webhooks.outbox import record_audit_events
 from service.worker_cache import ArtifactCache
 from shiftaudit.config import AuditConfig
 from shiftaudit.engine import merge_shards
 from shiftaudit.errors import ShiftAuditError
 from shiftaudit.report import Report, ShardResult
 from shiftaudit.sandbox import Limits, SandboxError, Stopped, sweep_in_sandbox
+from shiftaudit_api.audits import OPEN_STATUSES, AuditStatus
+from shiftaudit_api.policies import PolicyResult
 
 log = logging.getLogger(__name__)
 
@@ -307,14 +309,19 @@ def complete_audit(sessions: sessionmaker[Session], audit_id: uuid.UUID) -> bool
             return failed is not None
         verdict = None
         if audit.policies:
-            document = report.model_dump(mode="json")
-            verdict = evaluate(
-                audit.policies,
-                document,
-                regressions=lambda rule: regression_reasons(
-                    session=session, audit=audit, report=document, rule=rule
-                ),
-            )
+            try:
+                verdict = evaluate(
+                    audit.policies,
+                    report,
+                    regressions=lambda rule: regression_reasons(
+                        session=session, audit=audit, report=report, rule=rule
+                    ),
+                )
+            except DomainError as error:  # a gate that cannot be judged: say why, finish
+                failed = _finish(
+                    sessions, audit_id, AuditStatus.FAILED, error=f"evaluating policies: {error}"
+                )
+                return failed is not None
     finished = _finish(
         sessions, audit_id, AuditStatus.SUCCEEDED, report=report, policy_result=verdict
     )

@@ -1,20 +1,28 @@
-"""Creating audits: shared by POST /v1/audits and the registry hooks."""
+"""Creating, cancelling and dispatching audits: shared by POST /v1/audits and the registry
+hooks. Nothing here commits a job before its row: the caller commits, then dispatches."""
 
 from __future__ import annotations
 
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from fastapi import HTTPException
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from service.audits.models import Audit, AuditShard, AuditStatus, shard_spans
-from service.classifiers.models import ModelFile
+from service.audits.repository import TeamAudits
+from service.audits.tables import Audit, AuditShard, shard_spans
+from service.db import utcnow
+from service.errors import Conflict, Invalid
 from service.idempotency import canonical_hash
-from service.probe_sets.models import ProbeSetFile
+from service.models.service import MODELS
+from service.models.tables import ModelFile
+from service.policies.repository import team_policies
+from service.probe_sets.service import PROBE_SETS
+from service.probe_sets.tables import ProbeSetFile
 from service.routing import route_for
+from service.stored_files.repository import TeamFiles
 from shiftaudit.config import AuditConfig
+from shiftaudit_api.audits import OPEN_STATUSES, AuditCreate, AuditRequest, AuditStatus
 
 if TYPE_CHECKING:  # the queue imports the job runner, which imports this domain
     from service.queue import AuditQueue
@@ -36,16 +44,57 @@ def request_hash(
 
 
 def check_gpu_type(*, gpu_type: str | None, config: AuditConfig, known: list[str]) -> None:
-    """422 unless the GPU type is one the deployment runs workers for, on a GPU audit."""
+    """Invalid unless the GPU type is one the deployment runs workers for, on a GPU audit."""
     if gpu_type is None:
         return
     if gpu_type not in known:
         offered = ", ".join(known) or "none: SHIFTAUDIT_GPU_TYPES is empty"
-        raise HTTPException(
-            422, f"gpu_type: {gpu_type!r} is not a GPU type of this deployment ({offered})"
-        )
+        raise Invalid(f"gpu_type: {gpu_type!r} is not a GPU type of this deployment ({offered})")
     if config.runtime.device == "cpu":
-        raise HTTPException(422, "gpu_type: an audit with runtime.device cpu runs on no GPU")
+        raise Invalid("gpu_type: an audit with runtime.device cpu runs on no GPU")
+
+
+def resolve_request(
+    *, session: Session, team_id: uuid.UUID, request: AuditRequest, gpu_types: list[str]
+) -> list[dict[str, Any]]:
+    """Check an audit request against the team and the deployment; returns the snapshots
+    of its policies ({name, rules}), as the audit will be judged by them."""
+    policies = team_policies(session, team_id, request.policies)
+    check_gpu_type(gpu_type=request.gpu_type, config=request.config, known=gpu_types)
+    return policies
+
+
+def create_audit(
+    *,
+    session: Session,
+    team_id: uuid.UUID,
+    body: AuditCreate,
+    gpu_types: list[str],
+    shard_probes: int,
+    reuse: bool,
+) -> tuple[Audit, bool]:
+    """A queued audit added to the session (True), or the team's succeeded audit of the same
+    request when `reuse` (False). The caller commits, then dispatches a new one."""
+    model = TeamFiles(session, team_id, ModelFile).get(body.model_id, noun=MODELS.noun)
+    probe_set = TeamFiles(session, team_id, ProbeSetFile).get(
+        body.probe_set_id, noun=PROBE_SETS.noun
+    )
+    policies = resolve_request(session=session, team_id=team_id, request=body, gpu_types=gpu_types)
+    same = request_hash(model=model, probe_set=probe_set, config=body.config, policies=policies)
+    earlier = TeamAudits(session, team_id).succeeded_with(same) if reuse else None
+    if earlier is not None:
+        return earlier, False
+    audit = add_audit(
+        session=session,
+        team_id=team_id,
+        model=model,
+        probe_set=probe_set,
+        config=body.config,
+        policies=policies,
+        shard_probes=shard_probes,
+        gpu_type=body.gpu_type,
+    )
+    return audit, True
 
 
 def add_audit(
@@ -81,6 +130,21 @@ def add_audit(
         AuditShard(audit_id=audit.id, shard=i, probe_start=start, probe_stop=stop)
         for i, (start, stop) in enumerate(spans)
     )
+    return audit
+
+
+def cancel_audit(*, session: Session, team_id: uuid.UUID, audit_id: uuid.UUID) -> Audit:
+    """Cancel a queued or running audit (a running one stops at its next progress report);
+    Conflict when it already finished."""
+    audit = TeamAudits(session, team_id).get(audit_id)
+    session.execute(
+        update(Audit)
+        .where(Audit.id == audit.id, Audit.status.in_(OPEN_STATUSES))
+        .values(status=AuditStatus.CANCELLED, finished_at=utcnow())
+    )
+    session.refresh(audit)
+    if audit.status is not AuditStatus.CANCELLED:
+        raise Conflict(f"the audit already finished as {audit.status.value}")
     return audit
 
 

@@ -13,13 +13,12 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-from fastapi import HTTPException
 from PIL import Image
 
+from service.errors import Invalid, NotFound
 from service.settings import Settings
 from service.storage import ArtifactStorage
 from shiftaudit.config import AuditConfig
@@ -44,14 +43,9 @@ class ShiftedProbe:
     dx: float
 
 
-def input_size_of(report: dict[str, Any]) -> tuple[int, int]:
-    """The (H, W) the audit ran at: the report's, as the config may leave it to the model."""
-    height, width = report["input_size"]
-    return int(height), int(width)
-
-
 def render_png(request: ShiftedProbe, *, storage: ArtifactStorage, settings: Settings) -> bytes:
-    """The shifted probe as a PNG; 422 for a shift outside the sweep, 404 for an unknown probe.
+    """The shifted probe as a PNG; Invalid for a shift outside the sweep, NotFound for an
+    unknown probe.
 
     Shifting happens in pixel units before normalisation, exactly as in the sweep (the fill
     colour is defined there), so the picture is what the model saw, minus the normalisation.
@@ -59,13 +53,13 @@ def render_png(request: ShiftedProbe, *, storage: ArtifactStorage, settings: Set
     plan = plan_shifts(request.config.sweep, request.input_size)
     matches = np.flatnonzero(np.all(plan.shifts == (request.dy, request.dx), axis=1))
     if len(matches) == 0:
-        raise HTTPException(
-            422, f"dy, dx: ({request.dy:g}, {request.dx:g}) is not a shift of this audit's sweep"
+        raise Invalid(
+            f"dy, dx: ({request.dy:g}, {request.dx:g}) is not a shift of this audit's sweep"
         )
     with _CACHE.opened(request, storage, settings) as probes:
         index = next((i for i, p in enumerate(probes.probes) if p.name == request.probe), None)
         if index is None:
-            raise HTTPException(404, "probe: no image of this name in the audit's probe set")
+            raise NotFound("probe: no image of this name in the audit's probe set")
         image = probes.load_image(index)
     cpu = torch.device("cpu")
     source = sources([image], source_geometry(plan, request.config.preprocess), cpu)
@@ -111,8 +105,8 @@ class _OpenProbeSets:
                 opened = open_probe_set(
                     path, class_names=request.config.class_names, limits=limits, tmp_dir=tmp_dir
                 )
-            except ShiftAuditError as error:  # accepted at upload, so this is unexpected
-                raise HTTPException(500, "the audit's probe set cannot be opened") from error
+            except ShiftAuditError as error:  # accepted at upload, so this is a bug or damage
+                raise RuntimeError(f"the probe set {sha} cannot be opened: {error}") from error
         self._sets[sha] = opened
         while len(self._sets) > self._size:
             _, oldest = self._sets.popitem(last=False)

@@ -1,18 +1,17 @@
-"""GET /v1/compare: audits side by side, metric by metric, with significance."""
+"""GET /v1/compare and GET /v1/trend: audits side by side, and a model's lineage."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 
-from service.compare.schemas import ComparisonOut, TrendPoint
-from service.compare.service import compare_audits, model_trend
+from service.compare.service import compare_audits, model_trend, parse_audit_ids
 from service.deps import Reader, SessionDep
+from shiftaudit_api.comparisons import ComparisonOut, TrendPoint
 
 router = APIRouter(prefix="/v1", tags=["compare"])
-MAX_AUDITS = 8
 
 
 @router.get("/compare")
@@ -26,16 +25,7 @@ def compare(
     """Each audit against the first: deltas with 95% intervals (paired bootstrap over the same
     probes when the audits share probe set and sweep, else unpaired and why), an exact
     McNemar test on per-probe invariance, agreement per shift and layer errors side by side."""
-    ids = []
-    for part in audits.split(","):
-        try:
-            ids.append(uuid.UUID(part.strip()))
-        except ValueError:
-            raise HTTPException(422, f"audits: {part.strip()!r} is not an audit id") from None
-    if not 2 <= len(ids) <= MAX_AUDITS:
-        raise HTTPException(422, f"audits: give 2 to {MAX_AUDITS} audit ids, not {len(ids)}")
-    if len(set(ids)) != len(ids):
-        raise HTTPException(422, "audits: an audit is listed twice")
+    ids = parse_audit_ids(audits)
     return compare_audits(session=session, team_id=principal.team_id, ids=ids)
 
 

@@ -5,28 +5,45 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import HTTPException
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.audits.models import Audit, AuditReport, AuditShard, AuditStatus
 from service.audits.repository import TeamAudits
-from service.audits.schemas import AuditOut
-from service.classifiers.models import ModelFile
-from service.compare.schemas import (
+from service.audits.tables import Audit, AuditReport, AuditShard
+from service.errors import Conflict, Invalid
+from service.models.tables import ModelFile
+from shiftaudit.compare import compare
+from shiftaudit.comparison import HIGHER_IS_BETTER
+from shiftaudit.config import AuditConfig
+from shiftaudit.engine import probe_values
+from shiftaudit.report import Report, ShardResult
+from shiftaudit_api.audits import AuditOut, AuditStatus
+from shiftaudit_api.comparisons import (
     CandidateComparison,
     ComparisonOut,
     LayerDifference,
     ShiftMapDifference,
     TrendPoint,
 )
-from service.policies.schemas import NoRegression
-from shiftaudit.compare import HIGHER_IS_BETTER, compare
-from shiftaudit.config import AuditConfig
-from shiftaudit.engine import probe_values
-from shiftaudit.report import ShardResult
+from shiftaudit_api.policies import NoRegression
 
 RESAMPLES = 2000
+MAX_AUDITS = 8
+
+
+def parse_audit_ids(text: str) -> list[uuid.UUID]:
+    """Comma-separated audit ids, 2 to MAX_AUDITS of them, none twice; Invalid otherwise."""
+    ids = []
+    for part in text.split(","):
+        try:
+            ids.append(uuid.UUID(part.strip()))
+        except ValueError:
+            raise Invalid(f"audits: {part.strip()!r} is not an audit id") from None
+    if not 2 <= len(ids) <= MAX_AUDITS:
+        raise Invalid(f"audits: give 2 to {MAX_AUDITS} audit ids, not {len(ids)}")
+    if len(set(ids)) != len(ids):
+        raise Invalid("audits: an audit is listed twice")
+    return ids
 
 
 def compare_audits(*, session: Session, team_id: uuid.UUID, ids: list[uuid.UUID]) -> ComparisonOut:
@@ -34,18 +51,11 @@ def compare_audits(*, session: Session, team_id: uuid.UUID, ids: list[uuid.UUID]
     audits = [TeamAudits(session, team_id).get(audit_id) for audit_id in ids]
     for audit in audits:
         if audit.status is not AuditStatus.SUCCEEDED:
-            raise HTTPException(
-                409, f"audit {audit.id} is {audit.status.value}; only succeeded audits compare"
+            raise Conflict(
+                f"audit {audit.id} is {audit.status.value}; only succeeded audits compare"
             )
-    reports = {a.id: session.get_one(AuditReport, a.id).report for a in audits}
-    values = {}
-    for audit in audits:
-        found = _probe_values(session, audit)
-        if found is None:
-            raise HTTPException(
-                409, f"audit {audit.id} predates stored per-probe statistics; run it again"
-            )
-        values[audit.id] = found
+    reports = {a.id: _report(session, a) for a in audits}
+    values = {audit.id: _probe_values(session, audit) for audit in audits}
     baseline = audits[0]
     comparisons = []
     for candidate in audits[1:]:
@@ -101,53 +111,56 @@ def model_trend(
     ]
 
 
+def _report(session: Session, audit: Audit) -> Report:
+    return Report.model_validate(session.get_one(AuditReport, audit.id).report)
+
+
 def _probe_values(session: Session, audit: Audit) -> dict[str, Any]:
+    """The audit's per-probe statistics; Conflict for an audit from before they were kept."""
     shards = session.scalars(select(AuditShard.result).where(AuditShard.audit_id == audit.id)).all()
     if not shards or any(result is None for result in shards):
-        raise HTTPException(
-            409, f"audit {audit.id} predates stored per-probe statistics; run it again"
-        )
+        raise Conflict(f"audit {audit.id} predates stored per-probe statistics; run it again")
     results = [ShardResult.model_validate(result) for result in shards]
     return probe_values(results, AuditConfig.model_validate(audit.config))
 
 
-def _unpaired_reason(baseline: dict[str, Any], candidate: dict[str, Any]) -> str | None:
+def _unpaired_reason(baseline: Report, candidate: Report) -> str | None:
     """None when both audits measured the same probes under the same shifts."""
-    base, cand = baseline["provenance"], candidate["provenance"]
-    if base["probe_set_sha256"] != cand["probe_set_sha256"]:
+    base, cand = baseline.provenance, candidate.provenance
+    if base.probe_set_sha256 != cand.probe_set_sha256:
         return "the audits used different probe sets"
-    if base["config"]["sweep"] != cand["config"]["sweep"]:
+    if base.config.sweep != cand.config.sweep:
         return "the audits used different sweeps (shift family, range or sampling)"
-    if baseline["input_size"] != candidate["input_size"]:
+    if baseline.input_size != candidate.input_size:
         return "the models take different input sizes, so the shifts differ in pixels"
     return None
 
 
-def _shift_maps(baseline: dict[str, Any], candidate: dict[str, Any]) -> ShiftMapDifference | None:
-    base, cand = baseline["shift_map"], candidate["shift_map"]
-    if base["shifts"] != cand["shifts"]:
+def _shift_maps(baseline: Report, candidate: Report) -> ShiftMapDifference | None:
+    base, cand = baseline.shift_map, candidate.shift_map
+    if base.shifts != cand.shifts:
         return None
     return ShiftMapDifference(
-        shifts=base["shifts"],
-        baseline=base["agreement"],
-        candidate=cand["agreement"],
+        shifts=base.shifts,
+        baseline=base.agreement,
+        candidate=cand.agreement,
         difference=[
             None if b is None or c is None else c - b
-            for b, c in zip(base["agreement"], cand["agreement"], strict=True)
+            for b, c in zip(base.agreement, cand.agreement, strict=True)
         ],
     )
 
 
-def _layers(baseline: dict[str, Any], candidate: dict[str, Any]) -> list[LayerDifference]:
-    base = {e["name"]: e for e in baseline["layers"]["entries"]}
+def _layers(baseline: Report, candidate: Report) -> list[LayerDifference]:
+    base = {e.name: e for e in baseline.layers.entries}
     differences = []
-    for entry in candidate["layers"]["entries"]:
-        if entry["name"] not in base:
+    for entry in candidate.layers.entries:
+        if entry.name not in base:
             continue
-        b, c = base[entry["name"]].get("relative_error"), entry.get("relative_error")
+        b, c = base[entry.name].relative_error, entry.relative_error
         differences.append(
             LayerDifference(
-                name=entry["name"],
+                name=entry.name,
                 baseline_relative_error=b,
                 candidate_relative_error=c,
                 difference=None if b is None or c is None else c - b,
@@ -157,19 +170,23 @@ def _layers(baseline: dict[str, Any], candidate: dict[str, Any]) -> list[LayerDi
 
 
 def regression_reasons(
-    *, session: Session, audit: Audit, report: dict[str, Any], rule: NoRegression
+    *, session: Session, audit: Audit, report: Report, rule: NoRegression
 ) -> list[str]:
-    """Why `audit` (whose report is not stored yet) regressed against the rule's baseline."""
+    """Why `audit` (whose report is not stored yet) regressed against the rule's baseline.
+
+    A baseline that cannot be compared is a reason too (the gate fails, saying why), never
+    an error: this runs inside a worker finishing the audit.
+    """
     baseline = _baseline_for(session, audit, rule)
     if isinstance(baseline, str):
         return [baseline] if rule.baseline != "previous_version" else []
-    base_report = session.get_one(AuditReport, baseline.id).report
-    reason = _unpaired_reason(base_report, report)
+    reason = _unpaired_reason(_report(session, baseline), report)
     if reason is not None:
         return [f"cannot test for regression against audit {baseline.id}: {reason}"]
-    base_values, values = _probe_values(session, baseline), _probe_values(session, audit)
-    if base_values is None or values is None:
-        return [f"cannot test for regression: audit {baseline.id} has no per-probe statistics"]
+    try:
+        base_values, values = _probe_values(session, baseline), _probe_values(session, audit)
+    except Conflict as conflict:
+        return [f"cannot test for regression against audit {baseline.id}: {conflict}"]
     result = compare(base_values, values, unpaired_reason=None, resamples=RESAMPLES)
     reasons = []
     for delta in result.deltas:

@@ -5,25 +5,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from service.policies.schemas import (
+from shiftaudit.comparison import Metric
+from shiftaudit.report import Report, Summary
+from shiftaudit_api.policies import (
     NoRegression,
     PolicyResult,
     PolicyRules,
     PolicyVerdict,
     Threshold,
 )
-from shiftaudit.compare import Metric
 
 
 def evaluate(
     policies: list[dict[str, Any]],
-    report: dict[str, Any],
+    report: Report,
     *,
     regressions: Callable[[NoRegression], list[str]],
 ) -> PolicyResult:
     """Every rule of every policy; one reason per failed rule. `regressions` tests a
     no-regression rule against its baseline and returns the reasons it fails."""
-    summary = report["summary"]["all"]
+    summary = report.summary.all
     verdicts = []
     for policy in policies:
         rules = PolicyRules.model_validate(policy["rules"])
@@ -39,12 +40,12 @@ def evaluate(
     return PolicyResult(status="failed" if failed else "passed", policies=verdicts)
 
 
-def metric_value(summary: dict[str, Any], metric: Metric) -> float | None:
+def metric_value(summary: Summary, metric: Metric) -> float | None:
     """A summary metric's value, or a drop derived from two; None when not defined."""
 
     def value(name: str) -> float | None:
-        estimate = summary.get(name)
-        return None if estimate is None else float(estimate["value"])
+        estimate = getattr(summary, name)
+        return None if estimate is None else float(estimate.value)
 
     if metric.endswith("_drop"):
         shifted = value(metric.removesuffix("_drop"))
@@ -53,7 +54,7 @@ def metric_value(summary: dict[str, Any], metric: Metric) -> float | None:
     return value(metric)
 
 
-def _threshold(rule: Threshold, summary: dict[str, Any]) -> str | None:
+def _threshold(rule: Threshold, summary: Summary) -> str | None:
     value = metric_value(summary, rule.metric)
     if value is None:
         return (

@@ -1,1 +1,1 @@
-"""Uploaded probe sets (archives of images), validated by the engine, stored by content hash."""
+"""Uploaded probe sets: archives of images (with optional labels), validated on upload."""

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from service.db import make_engine, session_factory
 from service.migrate import prepare_database
 from service.settings import get_settings
-from service.teams.models import Scope
 from service.teams.repository import create_key, get_or_create_team
+from service.teams.tables import Scope
 
 
-def register(commands: Any) -> None:
-    """Add the `keys` command group to the shiftaudit CLI."""
-    keys = commands.add_parser("keys", help="manage API keys")
+def configure_keys(keys: argparse.ArgumentParser) -> None:
+    """`keys create`: issue a key for a team."""
     actions = keys.add_subparsers(required=True, metavar="ACTION")
     create = actions.add_parser("create", help="issue a key for a team (created if new)")
     create.add_argument("--team", required=True)

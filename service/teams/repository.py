@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.teams import keys
-from service.teams.models import ApiKey, Scope, Team
+from service.teams.tables import ApiKey, Scope, Team
 
 
 def get_or_create_team(session: Session, *, name: str) -> Team:

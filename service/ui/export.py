@@ -14,21 +14,22 @@ from datetime import UTC, datetime
 from string import Template
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from service.audits.models import Audit
 from service.audits.repository import TeamAudits
-from service.audits.schemas import AuditOut
-from service.audits.thumbnails import ShiftedProbe, input_size_of, render_png
-from service.classifiers.models import ModelFile
-from service.classifiers.schemas import ModelOut
+from service.audits.tables import Audit
+from service.audits.thumbnails import ShiftedProbe, render_png
 from service.deps import Reader, SessionDep, SettingsDep
-from service.probe_sets.models import ProbeSetFile
-from service.probe_sets.schemas import ProbeSetOut
+from service.errors import DomainError
+from service.models.tables import ModelFile
+from service.probe_sets.tables import ProbeSetFile
 from service.settings import Settings
 from service.storage import ArtifactStorage
 from service.ui import assets
 from shiftaudit.config import AuditConfig
+from shiftaudit.report import Report
+from shiftaudit_api.audits import AuditOut
+from shiftaudit_api.uploads import ModelOut, ProbeSetOut
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
 # The scripts the export runs, in order: the same files as the report page, then its start.
@@ -56,7 +57,7 @@ def export_report(
         "audit": AuditOut.model_validate(audit).model_dump(mode="json"),
         "model": ModelOut.model_validate(model).model_dump(mode="json"),
         "probe_set": ProbeSetOut.model_validate(probe_set).model_dump(mode="json"),
-        "report": report,
+        "report": report.model_dump(mode="json"),
         "thumbnails": _thumbnails(
             audit, report, probe_set.sha256, storage=request.app.state.storage, settings=settings
         ),
@@ -113,7 +114,7 @@ def _script_json(value: Any) -> str:
 
 def _thumbnails(
     audit: Audit,
-    report: dict[str, Any],
+    report: Report,
     probe_set_sha256: str,
     *,
     storage: ArtifactStorage,
@@ -122,20 +123,20 @@ def _thumbnails(
     """Every thumbnail the report page shows: each worst case unshifted and at each example."""
     config = AuditConfig.model_validate(audit.config)
     found = []
-    for case in report.get("worst_cases", []):
-        for dy, dx in [(0.0, 0.0)] + [tuple(e["shift"]) for e in case["examples"]]:
+    for case in report.worst_cases:
+        for dy, dx in [(0.0, 0.0)] + [example.shift for example in case.examples]:
             shifted = ShiftedProbe(
                 probe_set_sha256=probe_set_sha256,
                 config=config,
-                input_size=input_size_of(report),
-                probe=case["probe"],
+                input_size=report.input_size,
+                probe=case.probe,
                 dy=float(dy),
                 dx=float(dx),
             )
             try:
                 png = render_png(shifted, storage=storage, settings=settings)
-            except HTTPException:  # shown as missing, as on the page
+            except DomainError:  # shown as missing, as on the page
                 continue
             source = "data:image/png;base64," + base64.b64encode(png).decode()
-            found.append({"probe": case["probe"], "dy": dy, "dx": dx, "src": source})
+            found.append({"probe": case.probe, "dy": dy, "dx": dx, "src": source})
     return found

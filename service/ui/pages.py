@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from string import Template
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import HTMLResponse
 
+from service.errors import NotFound
 from service.ui import assets
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -69,7 +70,7 @@ def compare_page() -> HTMLResponse:
 @router.get("/static/vendor/plotly-{version}.min.js")
 def plotly_bundle(version: str) -> Response:
     if version != assets.plotly_version():
-        raise HTTPException(404, "not the installed plotly version")
+        raise NotFound("not the installed plotly version")
     return Response(
         assets.plotly_bundle(),
         media_type=assets.MEDIA_TYPES[".js"],
@@ -81,7 +82,7 @@ def plotly_bundle(version: str) -> Response:
 @router.get("/static/{name}")
 def own_file(name: str, request: Request) -> Response:
     if name not in assets.own_names():
-        raise HTTPException(404, "no such file")
+        raise NotFound("no such file")
     path = f"static/{name}"
     etag = assets.own_etag(path)
     # Unversioned URLs: revalidate every time (a 304 costs one round trip on loopback).

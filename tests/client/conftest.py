@@ -46,7 +46,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
     key = issue_key(env, team="pipelines", scope="write")
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "shiftaudit.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "shiftaudit_cli", "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.policies.schemas import Threshold
 from shiftaudit.archives import pack_directory
 from shiftaudit.config import AuditConfig
+from shiftaudit_api.policies import Threshold
 from shiftaudit_client import (
     ApiError,
     AsyncClient,

@@ -15,8 +15,8 @@ import pytest
 from service.app import create_app
 from service.migrate import downgrade, upgrade
 from service.settings import Settings
-from service.teams.models import Scope
 from service.teams.repository import create_key, get_or_create_team
+from service.teams.tables import Scope
 from tests.postgres import fresh_database
 
 

@@ -22,10 +22,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from service.app import create_app
-from service.audits.models import AuditReport
+from service.audits.tables import AuditReport
 from service.settings import Settings
-from service.teams.models import Scope, Team
 from service.teams.repository import create_key
+from service.teams.tables import Scope, Team
+from shiftaudit.config import AuditConfig
+from shiftaudit.engine import run_audit
 
 from ..nets import GlobalPoolNet, export_program, noise_probes
 from .conftest import PEPPER, RecordingQueue, record_audits
@@ -53,6 +55,16 @@ def inputs(tmp_path_factory):
                 bundle.write(path, path.name)
         files[seed] = (model.read_bytes(), archive.getvalue())
     return files
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, inputs):
+    """A real report of the first model and probe set, stored as if its audit had run."""
+    root = tmp_path_factory.mktemp("authz-report")
+    (root / "model.pt2").write_bytes(inputs[1][0])
+    (root / "probes.zip").write_bytes(inputs[1][1])
+    config = AuditConfig.model_validate(CONFIG)
+    return run_audit(root / "model.pt2", root / "probes.zip", config).model_dump(mode="json")
 
 
 @dataclass
@@ -323,7 +335,7 @@ def test_every_v1_route_and_method_has_a_row_and_every_row_a_route(tmp_path):
 
 
 @pytest.fixture
-def world(app_and_keys, inputs):
+def world(app_and_keys, inputs, report):
     app, keys = app_and_keys
     record_audits(app)
     app.state.settings.webhook_allow_private = True
@@ -349,7 +361,6 @@ def world(app_and_keys, inputs):
     world.probe_set_id = world.upload_probe_set(1)
     world.audit_id = world.create_audit()
     with app.state.sessions.begin() as session:  # a report, as if the audit had run
-        report = {"summary": {}, "input_size": [16, 16]}  # the thumbnail reads the size
         session.add(AuditReport(audit_id=uuid.UUID(world.audit_id), report=report))
     return world
 

@@ -15,8 +15,8 @@ from service.app import create_app
 from service.db import make_engine, session_factory
 from service.settings import Settings
 from service.teams.keys import parse
-from service.teams.models import ApiKey, Scope
 from service.teams.repository import authenticate
+from service.teams.tables import ApiKey, Scope
 
 from .conftest import PEPPER
 
@@ -105,7 +105,7 @@ def test_keys_create_cli_prints_the_key_once_and_it_authenticates(tmp_path):
         [
             sys.executable,
             "-m",
-            "shiftaudit.cli",
+            "shiftaudit_cli",
             "keys",
             "create",
             "--team",

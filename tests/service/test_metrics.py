@@ -9,10 +9,11 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from service.audits.models import Audit, AuditStatus
-from service.classifiers.models import ModelFile
-from service.probe_sets.models import ProbeSetFile
-from service.teams.models import Team
+from service.audits.tables import Audit
+from service.models.tables import ModelFile
+from service.probe_sets.tables import ProbeSetFile
+from service.teams.tables import Team
+from shiftaudit_api.audits import AuditStatus
 
 
 def _auth(keys, name):

@@ -32,10 +32,10 @@ from sqlalchemy import select
 
 from service.db import make_engine, session_factory
 from service.demo import wait_ready
-from service.hooks.models import MlflowConnection
 from service.migrate import upgrade
-from service.teams.models import Scope, Team
+from service.registry_hooks.tables import MlflowConnection
 from service.teams.repository import create_key, get_or_create_team
+from service.teams.tables import Scope, Team
 
 from .conftest import PEPPER, record_audits
 from .loopback import free_port

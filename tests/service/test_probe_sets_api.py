@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select
 
-from service.probe_sets.models import ProbeSetFile
-from service.stored_files import TeamFiles
-from service.teams.models import Team
+from service.probe_sets.tables import ProbeSetFile
+from service.stored_files.repository import TeamFiles
+from service.teams.tables import Team
 
-from ..test_probes import raw_png
+from ..test_probe_sets import raw_png
 
 
 def _png(color, size=(6, 4)) -> bytes:

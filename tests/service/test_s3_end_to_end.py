@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.migrate import upgrade
 from service.settings import Settings
-from service.teams.models import Scope
 from service.teams.repository import create_key, get_or_create_team
+from service.teams.tables import Scope
 from shiftaudit.config import AuditConfig
 from shiftaudit.engine import run_audit
 

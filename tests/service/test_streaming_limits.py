@@ -13,8 +13,8 @@ import httpx
 from service.db import make_engine, session_factory
 from service.demo import wait_ready
 from service.migrate import upgrade
-from service.teams.models import Scope
 from service.teams.repository import create_key, get_or_create_team
+from service.teams.tables import Scope
 
 from .conftest import PEPPER
 from .loopback import free_port

@@ -11,7 +11,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from service.webhooks.destinations import check_destination
+from service.outbound_webhooks.destinations import check_destination
 from tests.hostile_models import segfaulting_model
 
 from .loopback import LoopbackServer, QuietHandler

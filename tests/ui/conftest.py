@@ -26,8 +26,8 @@ import pytest
 from service.db import make_engine, session_factory
 from service.demo import wait_ready
 from service.migrate import upgrade
-from service.teams.models import Scope
 from service.teams.repository import create_key, get_or_create_team
+from service.teams.tables import Scope
 from tests.nets import DenseHeadNet, GlobalPoolNet, export_program, phase_probes, zip_directory
 from tests.service.conftest import PEPPER
 from tests.service.loopback import free_port

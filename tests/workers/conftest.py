@@ -25,12 +25,12 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from service.app import create_app
-from service.audits.models import Audit, AuditReport, AuditShard
+from service.audits.tables import Audit, AuditReport, AuditShard
 from service.migrate import upgrade
 from service.queue import CeleryQueue
 from service.settings import Settings
-from service.teams.models import Scope
 from service.teams.repository import create_key, get_or_create_team
+from service.teams.tables import Scope
 from tests.nets import zip_directory
 from tests.postgres import fresh_database
 from tests.service.loopback import free_port

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from service.demo import wait_ready
-from service.policies.schemas import Threshold
+from shiftaudit_api.policies import Threshold
 from shiftaudit_client import Client, api
 from shiftaudit_client.cli import Exit
 from tests.nets import GlobalPoolNet, export_program, phase_probes
@@ -27,7 +27,7 @@ def served_api(deploy):
     deployment.start_worker("w1")
     port = free_port()
     deployment.start(
-        "api", [sys.executable, "-m", "shiftaudit.cli", "serve", "--port", str(port)], ready=None
+        "api", [sys.executable, "-m", "shiftaudit_cli", "serve", "--port", str(port)], ready=None
     )
     url = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=url) as http:
@@ -49,7 +49,7 @@ def test_submit_gates_on_a_policy_through_celery_workers(served_api, tmp_path):
     env = deployment.environment(SHIFTAUDIT_URL=url, SHIFTAUDIT_API_KEY=key)
     submit = ["submit", str(model), str(probes), "--config", str(config), "--policy", "gate"]
     result = subprocess.run(
-        [sys.executable, "-m", "shiftaudit.cli", *submit, "--wait", "--timeout", "120"],
+        [sys.executable, "-m", "shiftaudit_cli", *submit, "--wait", "--timeout", "120"],
         env=env,
         capture_output=True,
         text=True,

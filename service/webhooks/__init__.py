@@ -1,1 +1,0 @@
-"""Outgoing webhooks: subscriptions, a delivery outbox and its dispatcher."""
