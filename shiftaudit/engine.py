@@ -310,7 +310,8 @@ def input_geometry(model: Runtime, preprocess: PreprocessConfig) -> tuple[tuple[
         size = (declared.height, declared.width)
     else:
         raise ConfigError(
-            "the model does not declare its input size; set preprocess.input_size to (H, W)"
+            "the model does not declare its input size; set preprocess.input_size to (H, W) "
+            "(on the command line: --input-size H W)"
         )
     check_input_shape(declared, layout=layout, channels=3, height=size[0], width=size[1])
     return size, layout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 import warnings
 from collections.abc import Callable
@@ -117,19 +118,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _load(name: str, command: Command) -> Callable[[argparse.ArgumentParser], None]:
-    """The command's configure function; MissingExtra when its dependencies are missing."""
+    """The command's configure function; MissingExtra when its dependencies are missing
+    (looked up without importing them, so the check costs nothing)."""
+    extras = [extra for extra in command.extra.split(",") if extra]
+    for extra in extras:
+        for needed in _EXTRA_MODULES[extra]:
+            if importlib.util.find_spec(needed) is None:
+                raise _missing(name, command, needed)
     module_name, _, function = command.target.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as missing:
         if missing.name is None or missing.name.split(".")[0] in _OWN_PACKAGES:
             raise
-        package = f"'shiftaudit[{command.extra}]'" if command.extra else "shiftaudit"
-        raise MissingExtra(
-            f"`{name}` needs what `pip install {package}` installs (missing: {missing.name})"
-        ) from missing
+        raise _missing(name, command, missing.name) from missing
     configure: Callable[[argparse.ArgumentParser], None] = getattr(module, function)
     return configure
+
+
+def _missing(name: str, command: Command, module: str) -> MissingExtra:
+    package = f"'shiftaudit[{command.extra}]'" if command.extra else "shiftaudit"
+    return MissingExtra(f"`{name}` needs what `pip install {package}` installs (missing: {module})")
+
+
+# What each extra installs, by the modules it provides.
+_EXTRA_MODULES = {
+    "engine": ("torch", "onnx", "onnxruntime", "numpy", "PIL"),
+    "server": ("fastapi", "sqlalchemy", "alembic", "uvicorn", "celery", "boto3", "plotly"),
+    "examples": ("skimage",),
+}
 
 
 _OWN_PACKAGES = {

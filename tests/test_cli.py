@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from shiftaudit.report import Report
 
@@ -110,3 +111,30 @@ def test_published_schema_files_are_current(which):
     model = Report if which == "report" else AuditConfig
     published = Path(__file__).parents[1] / "docs" / f"{which}.schema.json"
     assert json.loads(published.read_text()) == model.model_json_schema()
+
+
+def test_input_size_on_the_command_line_audits_a_model_that_declares_none(inputs):
+    root, _, probes, config = inputs
+    traced = root / "traced.ts"
+    torch.jit.trace(AliasingNet().eval(), torch.randn(2, 3, 16, 16)).save(str(traced))
+    refused = _run("audit", traced, probes, "--config", config, "--quiet", cwd=root)
+    assert refused.returncode == 2
+    assert "does not declare its input size" in refused.stderr
+    assert "--input-size H W" in refused.stderr
+    out = root / "traced.json"
+    done = _run(
+        "audit",
+        traced,
+        probes,
+        "--config",
+        config,
+        "--input-size",
+        "16",
+        "16",
+        "--out",
+        out,
+        "--quiet",
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stderr
+    assert Report.model_validate_json(out.read_text()).input_size == (16, 16)

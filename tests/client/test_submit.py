@@ -7,8 +7,10 @@ import json
 
 import httpx
 import pytest
+import torch
 
 from shiftaudit_client.cli import Exit
+from tests.nets import GlobalPoolNet
 from tests.service.test_serve import _cli
 from tests.workers.conftest import free_port
 
@@ -132,3 +134,12 @@ def test_report_and_compare_print_what_the_service_stored(served, inputs, gate, 
     missing = _cli("report", "00000000-0000-0000-0000-000000000000", env=served.env)
     assert missing.returncode == Exit.BAD_INPUT
     assert "404" in missing.stderr
+
+
+def test_submit_gives_a_traced_model_its_input_size(served, inputs, gate, tmp_path):
+    traced = tmp_path / "traced.ts"
+    torch.jit.trace(GlobalPoolNet(stride=1).eval(), torch.randn(2, 3, 16, 16)).save(str(traced))
+    args = ["submit", str(traced), str(inputs["probes"]), "--config", str(gate)]
+    result = _cli(*args, "--input-size", "16", "16", "--policy", "gate", "--wait", env=served.env)
+    assert result.returncode == Exit.OK, result.stderr
+    assert "input 16x16" in result.stdout

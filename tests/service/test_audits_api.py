@@ -6,6 +6,7 @@ import io
 import time
 import zipfile
 
+import jsonschema
 import pytest
 from fastapi.testclient import TestClient
 
@@ -88,6 +89,17 @@ def test_an_audit_runs_in_a_child_process_and_reports_what_the_engine_reports(ap
     assert report["shift_map"]["agreement"] == local.shift_map.agreement
     assert report["provenance"]["model_sha256"] == local.provenance.model_sha256
     assert report["provenance"]["probe_set_sha256"] == local.provenance.probe_set_sha256
+    # The OpenAPI document types the answer with the full report schema, and it holds.
+    document = app.openapi()
+    answer = document["paths"]["/v1/audits/{audit_id}/report"]["get"]["responses"]["200"]
+    schema = answer["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/Report"}
+    validator = jsonschema.Draft202012Validator(
+        {"$ref": "#/components/schemas/Report", "components": document["components"]}
+    )
+    validator.validate(report)
+    with pytest.raises(jsonschema.ValidationError, match="summary"):
+        validator.validate({k: v for k, v in report.items() if k != "summary"})
     # Summary columns mirror the report, for lists that never parse it.
     assert audit["consistency"] == report["summary"]["all"]["consistency"]["value"]
     assert audit["accuracy"] == report["summary"]["all"]["accuracy"]["value"]

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
+from service.audits.reconciler import policy_from, reconcile_once
+from service.audits.tables import AuditShard
+from service.db import utcnow
 from tests.nets import GlobalPoolNet, export_program, phase_probes, zip_directory
 
 from .test_audits_api import _auth, _wait
 from .test_compare_api import CONFIG
+from .test_webhooks import Receiver
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +165,54 @@ def test_finished_audits_carry_the_verdict_of_their_policies(app_and_keys, files
         "/v1/trend", params={"model_name": "net"}, headers=_auth(keys, "beta-admin")
     )
     assert hidden.json() == []
+
+
+def test_a_baseline_that_cannot_be_compared_fails_the_gate_and_stalls_nothing(app_and_keys, files):
+    """Reproduces a stuck audit: a no-regression baseline from before per-probe statistics
+    were stored raised an HTTP 409 inside the worker after its shard succeeded, leaving the
+    audit running, and the reconciler's merge re-raised it on every pass before any webhook
+    went out. Now the gate fails with the reason and the pass goes on to deliver."""
+    app, keys = app_and_keys
+    app.state.settings.webhook_allow_private = True  # the receiver is on loopback
+    receiver = Receiver([])
+    client = TestClient(app)
+    try:
+        write = _auth(keys, "alpha-write")
+        probe_set_id = client.post(
+            "/v1/probe-sets",
+            headers=write,
+            data={"name": "phase"},
+            files={"file": ("p.zip", files["phase"])},
+        ).json()["id"]
+        baseline = _audit(client, keys, _model(client, keys, files, "v1"), probe_set_id, [])
+        with app.state.sessions.begin() as session:  # as kept before per-probe statistics
+            session.execute(
+                update(AuditShard)
+                .where(AuditShard.audit_id == uuid.UUID(baseline["id"]))
+                .values(result=None)
+            )
+        hook = client.post(
+            "/v1/webhooks",
+            headers=write,
+            json={"url": receiver.url, "events": ["audit.policy_failed"]},
+        )
+        assert hook.status_code == 201, hook.text
+        gate = {"name": "no-worse", "no_regression": {"baseline": baseline["id"]}}
+        assert _post_policy(client, keys, gate).status_code == 201
+        candidate = _audit(
+            client, keys, _model(client, keys, files, "v3"), probe_set_id, ["no-worse"]
+        )
+        assert candidate["policy"]["status"] == "failed"
+        (reason,) = candidate["policy"]["policies"][0]["reasons"]
+        assert reason == (
+            f"cannot test for regression against audit {baseline['id']}: audit "
+            f"{baseline['id']} predates stored per-probe statistics; run it again"
+        )
+        done = reconcile_once(
+            app.state.sessions, app.state.queue, policy_from(app.state.settings), now=utcnow()
+        )
+        assert done["webhook_delivered"] == 1
+        (_, body), *_ = receiver.received
+        assert json.loads(body)["audit"]["id"] == candidate["id"]
+    finally:
+        receiver.close()
