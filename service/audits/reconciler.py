@@ -78,7 +78,7 @@ def reconcile_once(
                 progress=0.0,
                 queued_at=now,
             ):
-                resend.append((shard, audit_route(audit)))
+                resend.append((shard, audit_route(audit=audit)))
                 done["requeued"] += 1
         waiting = queue.waiting()
         if waiting is not None:
@@ -91,7 +91,7 @@ def reconcile_once(
             for shard, audit in queued:
                 if job_id(shard.audit_id, shard.shard) not in waiting:
                     _move(session, shard, AuditStatus.QUEUED, queued_at=now)
-                    resend.append((shard, audit_route(audit)))
+                    resend.append((shard, audit_route(audit=audit)))
                     done["resent"] += 1
         merged = session.scalars(
             select(Audit.id).where(

@@ -152,9 +152,9 @@ def dispatch(*, session: Session, queue: AuditQueue, audit: Audit) -> None:
     """Hand every shard of a committed audit to the queue."""
     shards = session.scalars(select(AuditShard.shard).where(AuditShard.audit_id == audit.id))
     for shard in shards.all():
-        queue.enqueue(audit.id, shard, route=audit_route(audit))
+        queue.enqueue(audit.id, shard, route=audit_route(audit=audit))
 
 
-def audit_route(audit: Audit) -> str:
+def audit_route(*, audit: Audit) -> str:
     """The queue of an audit's shards: by GPU type when it asked for one, else by device."""
     return route_for(audit.config["runtime"]["device"], audit.gpu_type)

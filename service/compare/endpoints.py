@@ -25,7 +25,7 @@ def compare(
     """Each audit against the first: deltas with 95% intervals (paired bootstrap over the same
     probes when the audits share probe set and sweep, else unpaired and why), an exact
     McNemar test on per-probe invariance, agreement per shift and layer errors side by side."""
-    ids = parse_audit_ids(audits)
+    ids = parse_audit_ids(text=audits)
     return compare_audits(session=session, team_id=principal.team_id, ids=ids)
 
 

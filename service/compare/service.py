@@ -31,7 +31,7 @@ RESAMPLES = 2000
 MAX_AUDITS = 8
 
 
-def parse_audit_ids(text: str) -> list[uuid.UUID]:
+def parse_audit_ids(*, text: str) -> list[uuid.UUID]:
     """Comma-separated audit ids, 2 to MAX_AUDITS of them, none twice; Invalid otherwise."""
     ids = []
     for part in text.split(","):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from service.deps import SessionDep, SettingsDep, Writer
@@ -11,7 +10,7 @@ from service.errors import TooLarge
 from service.idempotency import IdempotencyKeyHeader
 from service.models.service import MODELS, register_model
 from service.storage import ArtifactStorage, ArtifactTooLarge
-from service.stored_files.endpoints import add_routes, answer_upload, upload_fingerprint
+from service.stored_files.endpoints import add_routes, finish_upload
 from service.uploads import MultipartUpload, refuse_declared_length
 from shiftaudit_api.uploads import ModelUploaded
 
@@ -75,16 +74,15 @@ async def upload_model(
             filename=upload.filename or "",
         )
 
-    return await run_in_threadpool(
-        answer_upload,
-        session,
+    return await finish_upload(
+        request=request,
+        response=response,
+        session=session,
         kind=MODELS,
         team_id=principal.team_id,
         key=idempotency_key,
-        request_hash=upload_fingerprint(request, upload.fields, artifact.sha256),
-        storage=storage,
-        sha256=artifact.sha256,
-        response=response,
+        upload=upload,
+        artifact=artifact,
         register=register,
     )
 

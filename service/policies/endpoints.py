@@ -24,12 +24,12 @@ def create_policy(body: PolicyIn, principal: Writer, session: SessionDep) -> Pol
 
 @router.get("")
 def list_policies(principal: Reader, session: SessionDep) -> list[PolicyOut]:
-    return [service.policy_out(row) for row in policy_rows(session, principal.team_id)]
+    return [service.policy_out(row=row) for row in policy_rows(session, principal.team_id)]
 
 
 @router.get("/{name}")
 def get(name: str, principal: Reader, session: SessionDep) -> PolicyOut:
-    return service.policy_out(get_policy(session, principal.team_id, name))
+    return service.policy_out(row=get_policy(session, principal.team_id, name))
 
 
 @router.delete("/{name}", status_code=204)

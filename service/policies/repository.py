@@ -29,6 +29,7 @@ def team_policies(session: Session, team_id: uuid.UUID, names: list[str]) -> lis
 
 
 def get_policy(session: Session, team_id: uuid.UUID, name: str) -> Policy:
+    """The team's policy of this name; NotFound otherwise."""
     row = session.scalar(select(Policy).where(Policy.team_id == team_id, Policy.name == name))
     if row is None:
         raise NotFound(f"no policy named {name} in your team")

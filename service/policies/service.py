@@ -13,7 +13,7 @@ from service.policies.tables import Policy
 from shiftaudit_api.policies import PolicyIn, PolicyOut, PolicyRules
 
 
-def policy_out(row: Policy) -> PolicyOut:
+def policy_out(*, row: Policy) -> PolicyOut:
     """A stored policy as its API body."""
     rules = PolicyRules.model_validate(row.rules)
     return PolicyOut(id=row.id, created_at=row.created_at, name=row.name, **dict(rules))
@@ -29,7 +29,7 @@ def create_policy(*, session: Session, team_id: uuid.UUID, body: PolicyIn) -> Po
     except IntegrityError:
         session.rollback()
         raise Conflict(f"a policy named {body.name} already exists") from None
-    return policy_out(row)
+    return policy_out(row=row)
 
 
 def delete_policy(*, session: Session, team_id: uuid.UUID, name: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
@@ -15,7 +16,7 @@ from service.errors import TooLarge
 from service.idempotency import IdempotencyKeyHeader
 from service.probe_sets.service import PROBE_SETS, as_archive, register_probe_set
 from service.storage import ArtifactStorage, ArtifactTooLarge
-from service.stored_files.endpoints import add_routes, answer_upload, upload_fingerprint
+from service.stored_files.endpoints import add_routes, finish_upload
 from service.uploads import MultipartUpload, refuse_declared_length
 from shiftaudit_api.uploads import ProbeSetUploaded
 
@@ -75,7 +76,9 @@ async def upload_probe_set(
     scratch_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch_root) as scratch:
         parts = await upload.save_files(Path(scratch), max_bytes=limit)
-        source = await run_in_threadpool(as_archive, parts, Path(scratch) / "images.tar")
+        source = await run_in_threadpool(
+            partial(as_archive, parts=parts, destination=Path(scratch) / "images.tar")
+        )
         try:
             artifact = await run_in_threadpool(storage.put_stream, _read(source), max_bytes=limit)
         except ArtifactTooLarge as error:
@@ -92,16 +95,15 @@ async def upload_probe_set(
             filename=upload.filename or "",
         )
 
-    return await run_in_threadpool(
-        answer_upload,
-        session,
+    return await finish_upload(
+        request=request,
+        response=response,
+        session=session,
         kind=PROBE_SETS,
         team_id=principal.team_id,
         key=idempotency_key,
-        request_hash=upload_fingerprint(request, upload.fields, artifact.sha256),
-        storage=storage,
-        sha256=artifact.sha256,
-        response=response,
+        upload=upload,
+        artifact=artifact,
         register=register,
     )
 

@@ -27,7 +27,7 @@ PROBE_SETS = StoredFileKind(
 )
 
 
-def as_archive(parts: list[tuple[str, Path]], destination: Path) -> Path:
+def as_archive(*, parts: list[tuple[str, Path]], destination: Path) -> Path:
     """One archive part as is; loose images packed into a reproducible tar (sorted names,
     fixed metadata), so the same images always give the same bytes and sha256."""
     if len(parts) == 1 and _is_archive(parts[0][1]):

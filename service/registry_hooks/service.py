@@ -123,7 +123,7 @@ def required_defaults(
     return defaults
 
 
-def allowed_url(url: str, prefixes: list[str]) -> bool:
+def allowed_url(*, url: str, prefixes: list[str]) -> bool:
     """Whether `url` is under one of the operator's allowed prefixes."""
     return any(url.startswith(p) for p in prefixes)
 
@@ -209,7 +209,7 @@ def generic_hook(
 ) -> HookAccepted:
     """A registry without MLflow announces a model version on an allow-listed store."""
     defaults = required_defaults(session=session, team_id=team_id, gpu_types=settings.gpu_types)
-    if not allowed_url(body.model_url, settings.hook_artifact_prefixes):
+    if not allowed_url(url=body.model_url, prefixes=settings.hook_artifact_prefixes):
         raise Invalid(f"model_url: {body.model_url} is not on an allowed artifact store")
     with fetch_client() as client:
         artifact = fetch_artifact(
@@ -233,7 +233,7 @@ def generic_hook(
     )
 
 
-def allowed_tracking_uri(uri: str, settings: Settings) -> str:
+def allowed_tracking_uri(*, uri: str, settings: Settings) -> str:
     """The tracking server's base URL (no trailing slash); Invalid unless the operator
     allows it: the service fetches from it, so an arbitrary URL would be server-side
     request forgery."""
@@ -241,7 +241,7 @@ def allowed_tracking_uri(uri: str, settings: Settings) -> str:
     if problem is not None:
         raise Invalid(f"tracking_uri: {problem}")
     base = uri.rstrip("/")
-    if not allowed_url(f"{base}/", settings.hook_artifact_prefixes):
+    if not allowed_url(url=f"{base}/", prefixes=settings.hook_artifact_prefixes):
         raise Invalid(
             f"tracking_uri: {uri} is not under an allowed prefix "
             "(the operator's SHIFTAUDIT_HOOK_ARTIFACT_PREFIXES)"
@@ -254,7 +254,7 @@ def connect_mlflow(
 ) -> tuple[MlflowConnection, str | None, bool]:
     """Save the team's MLflow connection; returns it, the webhook secret (the first time and
     on rotation only, else None) and whether it was created now."""
-    tracking_uri = allowed_tracking_uri(body.tracking_uri, settings)
+    tracking_uri = allowed_tracking_uri(uri=body.tracking_uri, settings=settings)
     row = session.get(MlflowConnection, team_id)
     created = row is None
     if row is None:
@@ -316,7 +316,7 @@ def receive_mlflow_delivery(
     with fetch_client() as client:
         server = TrackingServer(
             client=client,
-            tracking_uri=allowed_tracking_uri(connection.tracking_uri, settings),
+            tracking_uri=allowed_tracking_uri(uri=connection.tracking_uri, settings=settings),
             token=connection.tracking_token,
         )
         path = server.model_file(name=ref.name, version=ref.version)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -16,9 +17,10 @@ from sqlalchemy.orm import Session
 from service.deps import Reader, SessionDep, Writer
 from service.errors import DomainError
 from service.idempotency import Idempotency, canonical_hash
-from service.storage import ArtifactStorage
+from service.storage import ArtifactStorage, StoredArtifact
 from service.stored_files import service
 from service.stored_files.service import StoredFileKind
+from service.uploads import MultipartUpload
 from shiftaudit_api.common import Page
 from shiftaudit_api.uploads import StoredFileOut
 
@@ -106,6 +108,34 @@ def upload_fingerprint(request: Request, fields: dict[str, str], sha256: str) ->
             "fields": fields,
             "file_sha256": sha256,
         }
+    )
+
+
+async def finish_upload(
+    *,
+    request: Request,
+    response: Response,
+    session: Session,
+    kind: StoredFileKind[Any, Any],
+    team_id: uuid.UUID,
+    key: str | None,
+    upload: MultipartUpload,
+    artifact: StoredArtifact,
+    register: Callable[[], tuple[UploadedT, bool]],
+) -> UploadedT | JSONResponse:
+    """The answer to an upload whose bytes are stored: registered (in a thread: it reads
+    them) under its Idempotency-Key."""
+    return await run_in_threadpool(
+        answer_upload,
+        session,
+        kind=kind,
+        team_id=team_id,
+        key=key,
+        request_hash=upload_fingerprint(request, upload.fields, artifact.sha256),
+        storage=request.app.state.storage,
+        sha256=artifact.sha256,
+        response=response,
+        register=register,
     )
 
 

@@ -36,7 +36,7 @@ class StoredFileKind(Generic[RowT, OutT]):
     out: type[OutT]
 
 
-def parse_fields(raw: dict[str, str], schema: type[FieldsT]) -> FieldsT:
+def parse_fields(*, raw: dict[str, str], schema: type[FieldsT]) -> FieldsT:
     """Text parts of an upload -> `schema`; `class_names` arrives as a JSON list."""
     values: dict[str, Any] = dict(raw)
     if "class_names" in values:
@@ -70,7 +70,7 @@ def register(
     """
     files = TeamFiles(session, team_id, kind.row_type)
     try:
-        fields = parse_fields(raw_fields, fields_schema)
+        fields = parse_fields(raw=raw_fields, schema=fields_schema)
         existing = files.by_sha256(artifact.sha256)
         if existing is not None:
             return kind.out.model_validate(existing), False
