@@ -8,9 +8,16 @@ naming the field or resource it is about.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DomainError(Exception):
-    """Base class: the request cannot be done as asked."""
+    """Base class: the request cannot be done as asked. `details` are facts a caller can act
+    on (an estimate and the limit it passed), added to the problem as members."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details = details
 
 
 class NotFound(DomainError):
@@ -35,6 +42,10 @@ class Unauthenticated(DomainError):
 
 class Forbidden(DomainError):
     """The credentials are valid but do not allow this."""
+
+
+class TooMany(DomainError):
+    """The team is at a limit on work in progress; retrying later may succeed."""
 
 
 class Unavailable(DomainError):

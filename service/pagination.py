@@ -7,6 +7,7 @@ import uuid
 from datetime import datetime
 from typing import TypeVar
 
+from fastapi import Request
 from pydantic import BaseModel
 from sqlalchemy import Select, and_, or_
 
@@ -55,6 +56,13 @@ def newest_first(
     if oldest_first:
         return query.order_by(table.created_at.asc(), table.id.asc()).limit(limit)
     return query.order_by(table.created_at.desc(), table.id.desc()).limit(limit)
+
+
+def next_page_link(request: Request, **after: str) -> dict[str, str]:
+    """A `Link: <...>; rel="next"` header (RFC 8288) for a list answered as a JSON array:
+    the same query with the keyset parameter moved past the last item."""
+    url = request.url.include_query_params(**after)
+    return {"Link": f'<{url.path}?{url.query}>; rel="next"'}
 
 
 def page_of(rows: list[KeyedT], *, limit: int, schema: type[SchemaT]) -> Page[SchemaT]:

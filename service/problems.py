@@ -23,6 +23,7 @@ STATUS: dict[type[errors.DomainError], int] = {
     errors.TooLarge: 413,
     errors.Unauthenticated: 401,
     errors.Forbidden: 403,
+    errors.TooMany: 429,
     errors.Unavailable: 503,
     errors.UpstreamFailed: 502,
 }
@@ -30,9 +31,13 @@ _PROBLEM_CONTENT = {PROBLEM_JSON: {"schema": Problem.model_json_schema()}}
 # Documented on every route, so clients and schema checkers know what errors look like.
 PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"description": HTTPStatus(status).phrase, "content": _PROBLEM_CONTENT}
-    for status in (400, 401, 403, 404, 409, 413, 415, 422, 500, 503)
+    for status in (400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503)
 }
 logger = logging.getLogger(__name__)
+# A body with thousands of bad values gets a short answer: the first ones and a count.
+MAX_LISTED_ERRORS = 20
+# What a 429 asks a client to wait before trying again.
+RETRY_AFTER_S = 60
 
 
 def status_of(error: errors.DomainError) -> int:
@@ -66,7 +71,9 @@ def install(app: FastAPI) -> None:
     async def _domain(_: Request, error: errors.DomainError) -> JSONResponse:
         status = status_of(error)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        return problem(status, str(error), headers=headers)
+        if status == 429:
+            headers = {"Retry-After": str(RETRY_AFTER_S)}
+        return problem(status, str(error), headers=headers, **error.details)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, error: HTTPException) -> JSONResponse:
@@ -74,12 +81,19 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, error: RequestValidationError) -> JSONResponse:
+        found = error.errors()
         errors_ = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in error.errors()
+            {
+                "loc": [str(part)[:100] for part in e.get("loc", ())][:10],
+                "msg": str(e.get("msg", ""))[:300],
+                "type": str(e.get("type", ""))[:100],
+            }
+            for e in found[:MAX_LISTED_ERRORS]
         ]
-        summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors_)
-        return problem(422, summary or "invalid request", errors=errors_)
+        summary = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors_)
+        if len(found) > MAX_LISTED_ERRORS:
+            summary += f"; and {len(found) - MAX_LISTED_ERRORS} more"
+        return problem(422, summary or "invalid request", errors=errors_, error_count=len(found))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, error: Exception) -> JSONResponse:

@@ -6,13 +6,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shiftaudit.probe_sets import ProbeLimits
 
 # Good enough for a laptop, refused in production (see `_no_default_secrets`).
 DEVELOPMENT_SECRET = "development-only-secret-change-me"
+
+
+class TeamLimits(BaseModel):
+    """What one team may ask of the deployment (None: the deployment's default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_forward_passes_per_audit: int | None = Field(None, ge=1)
+    max_open_audits_per_team: int | None = Field(None, ge=1)
 
 
 class Settings(BaseSettings):
@@ -49,6 +58,30 @@ class Settings(BaseSettings):
         ge=1,
         description="Audits over more probes are split into shards of at most this "
         "many, which different workers sweep at the same time.",
+    )
+    shard_forward_passes: int = Field(
+        1_000_000,
+        ge=1,
+        description="Audits are also split so that no shard runs more forward passes than "
+        "this (a shard's time bounds how long another team's audit may wait for a worker).",
+    )
+    max_forward_passes_per_audit: int = Field(
+        20_000_000,
+        ge=1,
+        description="The largest audit a team may create, in forward passes of the model "
+        "(sweep and layer profile, as POST /v1/audits/estimate computes them); larger ones "
+        "are refused with 422 and the estimate.",
+    )
+    max_open_audits_per_team: int = Field(
+        100,
+        ge=1,
+        description="Queued and running audits a team may have at once; one more is refused "
+        "with 429 until some finish.",
+    )
+    team_limits: dict[str, TeamLimits] = Field(
+        default_factory=dict,
+        description="Per-team overrides of the two limits above, by team name, as JSON: "
+        '{"vision": {"max_forward_passes_per_audit": 100000000}}.',
     )
     audit_time_limit_s: float = Field(
         6 * 3600, gt=0, description="Wall-time limit of one shard's sweep; longer ones fail."
@@ -115,6 +148,22 @@ class Settings(BaseSettings):
             if self.database_url is None:
                 raise ValueError("DATABASE_URL must be set in production")
         return self
+
+    def limits_for(self, team: str) -> TeamLimits:
+        """The limits that apply to one team: its override, else the defaults."""
+        override = self.team_limits.get(team)
+        return TeamLimits(
+            max_forward_passes_per_audit=(
+                override.max_forward_passes_per_audit
+                if override and override.max_forward_passes_per_audit is not None
+                else self.max_forward_passes_per_audit
+            ),
+            max_open_audits_per_team=(
+                override.max_open_audits_per_team
+                if override and override.max_open_audits_per_team is not None
+                else self.max_open_audits_per_team
+            ),
+        )
 
     def probe_limits(self) -> ProbeLimits:
         """The engine's limits for opening an uploaded probe set."""

@@ -7,8 +7,10 @@ artifact storage, which hashes and counts it).
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import unquote
 
 from fastapi import HTTPException, Request
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -18,6 +20,23 @@ from service.errors import TooLarge
 MAX_FIELD_BYTES = 64 * 1024
 # Multipart framing and text fields on top of the file part itself.
 _FRAMING_BYTES = 1024 * 1024
+
+
+_EXTENDED_FILENAME = re.compile(r"filename\*\s*=\s*([^;]+)", re.IGNORECASE)
+
+
+def _extended_filename(disposition: str) -> str:
+    """RFC 5987's `filename*=UTF-8''%C3%A9.png` (which python-multipart drops); "" when
+    absent or malformed."""
+    found = _EXTENDED_FILENAME.search(disposition)
+    if found is None:
+        return ""
+    charset, _, rest = found.group(1).strip().strip('"').partition("'")
+    _, _, encoded = rest.partition("'")
+    try:
+        return unquote(encoded, encoding=charset or "utf-8", errors="strict")
+    except (LookupError, UnicodeDecodeError):
+        return ""
 
 
 def refuse_declared_length(request: Request, *, limit: int, message: str) -> None:
@@ -149,7 +168,8 @@ class MultipartUpload:
                     else f"at most {self.max_files} '{self.file_field}' parts are allowed"
                 )
                 raise HTTPException(422, allowed)
-            self.filename = params.get(b"filename", b"").decode()
+            disposition = self._part.get("content-disposition", "")
+            self.filename = params.get(b"filename", b"").decode() or _extended_filename(disposition)
             self.filenames.append(self.filename)
             self._pending.append(None)
 

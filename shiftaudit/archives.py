@@ -26,15 +26,32 @@ _DRIVE = re.compile(r"^[A-Za-z]:")
 
 def pack_tar(members: Mapping[str, Path], destination: Path) -> Path:
     """A reproducible tar of `members` (member name -> file): sorted names and fixed
-    metadata, so the same files always give the same bytes and sha256."""
-    with tarfile.open(destination, "w", format=tarfile.USTAR_FORMAT) as bundle:
-        for name in sorted(members):
-            info = tarfile.TarInfo(name)
-            info.size = members[name].stat().st_size
-            info.mode = 0o644
-            with members[name].open("rb") as handle:
+    metadata, so the same files always give the same bytes and sha256.
+
+    USTAR, whose names hold at most 100 bytes (255 with a directory prefix); an archive with
+    a longer name (a long or non-ASCII file name) is written in POSIX.1-2001 (pax) format
+    instead, which stores it in an extended header. The choice depends on the names only.
+    """
+    infos = []
+    for name in sorted(members):
+        info = tarfile.TarInfo(name)
+        info.size = members[name].stat().st_size
+        info.mode = 0o644
+        infos.append(info)
+    layout = tarfile.USTAR_FORMAT if all(_fits_ustar(i) for i in infos) else tarfile.PAX_FORMAT
+    with tarfile.open(destination, "w", format=layout) as bundle:
+        for info in infos:
+            with members[info.name].open("rb") as handle:
                 bundle.addfile(info, handle)
     return destination
+
+
+def _fits_ustar(info: tarfile.TarInfo) -> bool:
+    try:
+        info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+    except ValueError:
+        return False
+    return True
 
 
 def pack_directory(root: Path, destination: Path) -> Path:

@@ -33,8 +33,9 @@ import onnx
 import torch
 
 from shiftaudit.errors import ModelError
+from shiftaudit.input_contract import declared_input
 
-__all__ = ["ModelFormat", "inspect_model", "sniff_model_format"]
+__all__ = ["ModelFormat", "declared_input_size", "inspect_model", "onnx_dims", "sniff_model_format"]
 
 
 class ModelFormat(StrEnum):
@@ -252,6 +253,56 @@ def inspect_model(f: IO[bytes], label: str) -> tuple[ModelFormat, onnx.ModelProt
     if "data.pkl" in rels:
         raise _refuse_pickle(label)
     raise ModelError(f"{label}: {_UNKNOWN} (zip archive of an unknown layout)")
+
+
+def onnx_dims(value_info: Any) -> list[int | None] | None:
+    """A value's static dimensions (None where symbolic), or None without a shape."""
+    tensor_type = value_info.type.tensor_type
+    if not tensor_type.HasField("shape"):
+        return None
+    return [
+        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+        for d in tensor_type.shape.dim
+    ]
+
+
+def _pt2_dims(zf: zipfile.ZipFile) -> list[int | None] | None:
+    """The user input's static dimensions from a torch.export archive's graph JSON."""
+    for name in zf.namelist():
+        if "/models/" in name and name.endswith(".json"):
+            module = json.loads(zf.read(name)).get("graph_module", {})
+            specs = module.get("signature", {}).get("input_specs", [])
+            user = [s["user_input"]["arg"] for s in specs if "user_input" in s]
+            if len(user) != 1 or "as_tensor" not in user[0]:
+                return None
+            tensor = module["graph"]["tensor_values"][user[0]["as_tensor"]["name"]]
+            return [size.get("as_int") for size in tensor["sizes"]]
+    return None
+
+
+def declared_input_size(path: str | Path) -> tuple[int, int] | None:
+    """(H, W) as a vetted model file declares it, read without loading it; None when it
+    declares none (TorchScript never does) or the layout is ambiguous."""
+    p = Path(path)
+    with p.open("rb") as f:
+        fmt, proto = inspect_model(f, p.name)
+        if proto is not None:
+            initialisers = {t.name for t in proto.graph.initializer}
+            inputs = [v for v in proto.graph.input if v.name not in initialisers]
+            dims = onnx_dims(inputs[0]) if len(inputs) == 1 else None
+        elif fmt is ModelFormat.EXPORTED_PROGRAM:
+            f.seek(0)
+            try:
+                with zipfile.ZipFile(f) as zf:
+                    dims = _pt2_dims(zf)
+            except _MALFORMED:
+                dims = None
+        else:
+            dims = None
+    declared = declared_input(dims, None, None)
+    if declared.height is None or declared.width is None:
+        return None
+    return declared.height, declared.width
 
 
 def sniff_model_format(path: str | Path) -> ModelFormat:

@@ -58,7 +58,9 @@ class AuditCreate(AuditRequest):
     probe_set_id: uuid.UUID
 
 
-class AuditOut(BaseModel):
+class AuditSummary(BaseModel):
+    """An audit as lists show it: state, summary metrics and verdict, without its config."""
+
     # Built from rows (`policy_result`) in the service, from JSON (`policy`) in the client.
     model_config = ConfigDict(from_attributes=True, validate_by_name=True)
 
@@ -75,7 +77,9 @@ class AuditOut(BaseModel):
     flip_rate: float | None
     accuracy: float | None
     worst_case_accuracy: float | None
-    config: AuditConfig
+    forward_passes: int | None = Field(
+        None, description="its cost as estimated when it was created (POST /v1/audits/estimate)"
+    )
     gpu_type: str | None = Field(None, description="the GPU type it was routed to, if any")
     policy: PolicyResult | None = Field(
         None,
@@ -86,3 +90,29 @@ class AuditOut(BaseModel):
         default=False,
         description="true when an earlier succeeded audit of the same request was returned",
     )
+
+
+class AuditOut(AuditSummary):
+    """One audit in full: its summary and the config it runs with."""
+
+    config: AuditConfig
+
+
+class AuditEstimate(BaseModel):
+    """What an audit would cost, in forward passes of the model, and whether the team's
+    limits allow it now (the numbers `POST /v1/audits` checks before queueing)."""
+
+    probes: int
+    input_size: tuple[int, int] | None = Field(
+        description="(H, W) from the config or the model file; null when neither says"
+    )
+    evaluations_per_probe: int = Field(description="shifts (or sampled evaluations) per probe")
+    sweep_forward_passes: int
+    layer_forward_passes: int = Field(description="the layer profile's, an upper bound")
+    forward_passes: int
+    shards: int = Field(description="probe ranges that workers sweep separately")
+    max_forward_passes_per_audit: int
+    open_audits: int = Field(description="the team's queued and running audits now")
+    max_open_audits_per_team: int
+    allowed: bool
+    reason: str | None = Field(description="why it would be refused; null when allowed")

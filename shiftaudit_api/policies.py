@@ -14,7 +14,7 @@ _INVARIANCE = [Metric.CONSISTENCY, Metric.INVARIANT_FRACTION]
 
 
 class Threshold(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     metric: Metric
     op: Literal[">=", "<="]
@@ -41,7 +41,8 @@ class PolicyRules(BaseModel):
 
 
 class PolicyIn(PolicyRules):
-    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")
+    # Not starting with a dot: "." and ".." would be path segments in /v1/policies/{name}.
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 
 
 class PolicyOut(PolicyIn):

@@ -18,7 +18,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from shiftaudit.config import AuditConfig
 from shiftaudit.report import Report
-from shiftaudit_api.audits import AuditOut, AuditStatus
+from shiftaudit_api.audits import AuditEstimate, AuditOut, AuditStatus, AuditSummary
 from shiftaudit_api.common import Identity, Page
 from shiftaudit_api.comparisons import ComparisonOut, TrendPoint
 from shiftaudit_api.outbound_webhooks import (
@@ -197,15 +197,25 @@ def create_audit(
 ) -> Call[AuditOut]:
     """Queue an audit (on workers of `gpu_type`, if given); an identical succeeded one is
     returned instead unless `reuse=False`."""
-    body = {
+    body = _audit_body(model_id, probe_set_id, config, policies, gpu_type)
+    params = _query(reuse=None if reuse else "false")
+    return Call("POST", "/v1/audits", _model(AuditOut), params, json=body)
+
+
+def _audit_body(
+    model_id: uuid.UUID,
+    probe_set_id: uuid.UUID,
+    config: AuditConfig | None,
+    policies: Sequence[str],
+    gpu_type: str | None,
+) -> dict[str, Any]:
+    return {
         "model_id": str(model_id),
         "probe_set_id": str(probe_set_id),
         "config": (config or AuditConfig()).model_dump(mode="json"),
         "policies": list(policies),
         "gpu_type": gpu_type,
     }
-    params = _query(reuse=None if reuse else "false")
-    return Call("POST", "/v1/audits", _model(AuditOut), params, json=body)
 
 
 def list_audits(
@@ -218,8 +228,8 @@ def list_audits(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     order: Literal["newest", "oldest"] = "newest",
-) -> Call[Page[AuditOut]]:
-    """One keyset page of the team's audits."""
+) -> Call[Page[AuditSummary]]:
+    """One keyset page of the team's audits (without their configs: `get_audit` has it)."""
     params = _query(
         limit=limit,
         cursor=cursor,
@@ -230,7 +240,21 @@ def list_audits(
         created_before=created_before,
         order=order,
     )
-    return Call("GET", "/v1/audits", _model(Page[AuditOut]), params)
+    return Call("GET", "/v1/audits", _model(Page[AuditSummary]), params)
+
+
+def estimate_audit(
+    *,
+    model_id: uuid.UUID,
+    probe_set_id: uuid.UUID,
+    config: AuditConfig | None = None,
+    policies: Sequence[str] = (),
+    gpu_type: str | None = None,
+) -> Call[AuditEstimate]:
+    """What `create_audit` with these arguments would cost and whether it is allowed now;
+    nothing is queued."""
+    body = _audit_body(model_id, probe_set_id, config, policies, gpu_type)
+    return Call("POST", "/v1/audits/estimate", _model(AuditEstimate), json=body)
 
 
 def get_audit(audit_id: uuid.UUID) -> Call[AuditOut]:
@@ -287,8 +311,10 @@ def create_policy(
     return Call("POST", "/v1/policies", _model(PolicyOut), json=body)
 
 
-def list_policies() -> Call[list[PolicyOut]]:
-    return Call("GET", "/v1/policies", _adapter(list[PolicyOut]))
+def list_policies(*, limit: int = 100, after: str | None = None) -> Call[list[PolicyOut]]:
+    """The team's policies by name, `limit` of them after the name `after`."""
+    params = _query(limit=limit, after=after)
+    return Call("GET", "/v1/policies", _adapter(list[PolicyOut]), params)
 
 
 def get_policy(name: str) -> Call[PolicyOut]:
@@ -308,18 +334,24 @@ def create_webhook(*, url: str, events: Sequence[WebhookEvent]) -> Call[CreatedS
     return Call("POST", "/v1/webhooks", _model(CreatedSubscription), json=body)
 
 
-def list_webhooks() -> Call[list[SubscriptionOut]]:
-    return Call("GET", "/v1/webhooks", _adapter(list[SubscriptionOut]))
+def list_webhooks(
+    *, limit: int = 100, after: uuid.UUID | None = None
+) -> Call[list[SubscriptionOut]]:
+    """The team's subscriptions, oldest first, `limit` of them after the one `after`."""
+    params = _query(limit=limit, after=after)
+    return Call("GET", "/v1/webhooks", _adapter(list[SubscriptionOut]), params)
 
 
 def delete_webhook(subscription_id: uuid.UUID) -> Call[None]:
     return Call("DELETE", f"/v1/webhooks/{subscription_id}", _nothing)
 
 
-def webhook_deliveries(subscription_id: uuid.UUID) -> Call[list[DeliveryOut]]:
-    """The latest 100 deliveries of a subscription."""
+def webhook_deliveries(
+    subscription_id: uuid.UUID, *, limit: int = 100, before: uuid.UUID | None = None
+) -> Call[list[DeliveryOut]]:
+    """A subscription's deliveries, newest first, `limit` of them older than `before`."""
     path = f"/v1/webhooks/{subscription_id}/deliveries"
-    return Call("GET", path, _adapter(list[DeliveryOut]))
+    return Call("GET", path, _adapter(list[DeliveryOut]), _query(limit=limit, before=before))
 
 
 # Registry hooks -------------------------------------------------------------------------

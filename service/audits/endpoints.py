@@ -15,12 +15,13 @@ from service.audits import service
 from service.audits.repository import AuditFilters, TeamAudits
 from service.audits.thumbnails import ShiftedProbe, render_png
 from service.deps import Reader, SessionDep, SettingsDep, Writer
+from service.errors import Conflict
 from service.idempotency import IdempotencyDep
 from service.pagination import decode_cursor, page_of
 from service.probe_sets.tables import ProbeSetFile
 from shiftaudit.config import AuditConfig
 from shiftaudit.report import Report
-from shiftaudit_api.audits import AuditCreate, AuditOut, AuditStatus
+from shiftaudit_api.audits import AuditCreate, AuditEstimate, AuditOut, AuditStatus, AuditSummary
 from shiftaudit_api.common import Page
 
 router = APIRouter(prefix="/v1/audits", tags=["audits"])
@@ -54,30 +55,50 @@ def create_audit(
     replayed = idempotency.replay(session, team_id)
     if replayed is not None:
         return _with_location(replayed)
-    audit, created = service.create_audit(
-        session=session,
-        team_id=team_id,
-        body=body,
-        gpu_types=settings.gpu_types,
-        shard_probes=settings.shard_probes,
-        reuse=reuse,
-    )
-    out = AuditOut.model_validate(audit).model_copy(update={"reused": not created})
-    status_code = 202 if created else 200
     try:
+        audit, created = service.create_audit(
+            session=session,
+            team_id=team_id,
+            body=body,
+            gpu_types=settings.gpu_types,
+            capacity=service.capacity_for(session=session, settings=settings, team_id=team_id),
+            reuse=reuse,
+        )
+        out = AuditOut.model_validate(audit).model_copy(update={"reused": not created})
+        status_code = 202 if created else 200
         idempotency.record(session, team_id, status_code, out.model_dump(mode="json"))
         session.commit()  # never a job for a row that could still roll back
     except IntegrityError:
-        session.rollback()  # a concurrent request with this key won: answer as it did
+        # A concurrent request with this key won (answer as it did), or the model or probe
+        # set was deleted while the audit's row was being written.
+        session.rollback()
         replayed = idempotency.replay(session, team_id)
         if replayed is None:
-            raise
+            raise Conflict(
+                "the model or probe set was deleted while this audit was being created"
+            ) from None
         return _with_location(replayed)
     if created:
         service.dispatch(session=session, queue=request.app.state.queue, audit=audit)
     response.status_code = status_code
     response.headers["Location"] = f"/v1/audits/{audit.id}"
     return out
+
+
+@router.post("/estimate", responses={429: {"model": AuditEstimate}})
+def estimate_audit(
+    body: AuditCreate, principal: Writer, session: SessionDep, settings: SettingsDep
+) -> AuditEstimate:
+    """What `POST /v1/audits` with this body would cost (forward passes of the model, sweep
+    and layer profile) and whether the team's limits allow it now; nothing is queued."""
+    team_id = principal.team_id
+    return service.estimate_request(
+        session=session,
+        team_id=team_id,
+        body=body,
+        gpu_types=settings.gpu_types,
+        capacity=service.capacity_for(session=session, settings=settings, team_id=team_id),
+    )
 
 
 def _with_location(replayed: JSONResponse) -> JSONResponse:
@@ -98,7 +119,7 @@ def list_audits(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     order: Literal["newest", "oldest"] = "newest",
-) -> Page[AuditOut]:
+) -> Page[AuditSummary]:
     """The team's audits, filtered by status, model (id or name) and creation time.
 
     Times without a zone are taken as UTC. A cursor belongs to the filters and order that
@@ -116,7 +137,7 @@ def list_audits(
     rows = TeamAudits(session, principal.team_id).page(
         limit=limit + 1, after=after, filters=filters
     )
-    return page_of(rows, limit=limit, schema=AuditOut)
+    return page_of(rows, limit=limit, schema=AuditSummary)
 
 
 def _utc(moment: datetime | None) -> datetime | None:

@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
+from typing import TypeVar
 
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.audits.runner import complete_audit, fail_audit, move_shard
-from service.audits.service import audit_route
 from service.audits.tables import Audit, AuditShard
 from service.db import make_engine, session_factory, utcnow
 from service.idempotency import purge_expired_keys
@@ -50,49 +53,38 @@ class Policy:
 def reconcile_once(
     sessions: sessionmaker[Session], queue: AuditQueue, policy: Policy, *, now: datetime
 ) -> Counter[str]:
-    """One pass; returns what it did, by kind."""
+    """One pass; returns what it did, by kind.
+
+    Each item (a shard, an audit, a delivery) is handled in its own transaction, and one
+    that fails is logged, marked where it can be (its audit failed with the reason) and
+    counted under "errors": one tenant's poisoned audit never keeps the pass from the
+    others' merges and webhooks.
+    """
     done: Counter[str] = Counter()
-    resend: list[tuple[AuditShard, str]] = []
-    with sessions.begin() as session:
-        stale = _shards_where(
+    with sessions() as session:
+        stale = _keys_where(
             session,
             AuditShard.status == AuditStatus.RUNNING,
             AuditShard.heartbeat_at < now - policy.stale_after,
         )
-        for shard, audit in stale:
-            if audit.status not in OPEN_STATUSES:
-                _move(session, shard, AuditStatus.RUNNING, status=AuditStatus.CANCELLED)
-            elif shard.attempts >= policy.max_attempts:
-                _move(session, shard, AuditStatus.RUNNING, status=AuditStatus.FAILED)
-                fail_audit(
-                    session,
-                    audit.id,
-                    f"lost its worker {shard.attempts} times (last: {shard.worker})",
-                )
-                done["failed"] += 1
-            elif _move(
-                session,
-                shard,
-                AuditStatus.RUNNING,
-                status=AuditStatus.QUEUED,
-                progress=0.0,
-                queued_at=now,
-            ):
-                resend.append((shard, audit_route(audit=audit)))
-                done["requeued"] += 1
-        waiting = queue.waiting()
-        if waiting is not None:
-            queued = _shards_where(
+    for key in stale:
+        requeue = partial(_requeue_stale, sessions, queue, policy, key, now, done)
+        _isolated(done, f"stale shard {key}", requeue)
+    waiting = _isolated(done, "the broker's queue", queue.waiting)
+    if waiting is not None:
+        with sessions() as session:
+            queued = _keys_where(
                 session,
                 AuditShard.status == AuditStatus.QUEUED,
                 AuditShard.queued_at < now - policy.resend_after,
                 Audit.status.in_(OPEN_STATUSES),
             )
-            for shard, audit in queued:
-                if job_id(shard.audit_id, shard.shard) not in waiting:
-                    _move(session, shard, AuditStatus.QUEUED, queued_at=now)
-                    resend.append((shard, audit_route(audit=audit)))
-                    done["resent"] += 1
+        for key in queued:
+            if job_id(*key) not in waiting:
+                _isolated(
+                    done, f"queued shard {key}", partial(_resend, sessions, queue, key, now, done)
+                )
+    with sessions() as session:
         merged = session.scalars(
             select(Audit.id).where(
                 Audit.status == AuditStatus.RUNNING,
@@ -101,28 +93,106 @@ def reconcile_once(
                     select(AuditShard.audit_id).where(AuditShard.status != AuditStatus.SUCCEEDED)
                 ),
             )
+            .order_by(Audit.created_at, Audit.id)
         ).all()
-        expired = purge_expired_keys(session, now=now)
-        if expired:
-            done["idempotency_keys_expired"] = expired
-    # Messages only after the commit: a worker must find the shard queued.
-    for shard, route in resend:
-        queue.enqueue(shard.audit_id, shard.shard, route=route)
     for audit_id in merged:
-        done["merged"] += complete_audit(sessions, audit_id)
-    webhooks = dispatch_due(sessions, now=now, allow_private=policy.webhook_allow_private)
+        if _isolated(
+            done, f"merging audit {audit_id}", partial(complete_audit, sessions, audit_id)
+        ):
+            done["merged"] += 1
+    expired = _isolated(done, "expired idempotency keys", partial(_purge, sessions, now))
+    if expired:
+        done["idempotency_keys_expired"] = expired
+    # Now, not the pass's start: the events of this pass's merges are due too.
+    due = max(now, utcnow())
+    deliver = partial(dispatch_due, sessions, now=due, allow_private=policy.webhook_allow_private)
+    webhooks = _isolated(done, "webhook deliveries", deliver) or Counter()
     done.update({f"webhook_{outcome}": count for outcome, count in webhooks.items()})
     return done
 
 
-def _shards_where(
-    session: Session, *conditions: ColumnElement[bool]
-) -> list[tuple[AuditShard, Audit]]:
-    """Shards matching `conditions`, each with its audit."""
+T = TypeVar("T")
+
+
+def _isolated(done: Counter[str], what: str, step: Callable[[], T]) -> T | None:
+    """Run one item's step; a failure is logged and counted, and the pass goes on."""
+    try:
+        return step()
+    except Exception:
+        log.exception("reconciling %s failed", what)
+        done["errors"] += 1
+        return None
+
+
+def _requeue_stale(
+    sessions: sessionmaker[Session],
+    queue: AuditQueue,
+    policy: Policy,
+    key: tuple[uuid.UUID, int],
+    now: datetime,
+    done: Counter[str],
+) -> None:
+    """A shard whose worker is gone: queued again, or its audit failed after max_attempts."""
+    with sessions.begin() as session:
+        shard = session.get_one(AuditShard, key)
+        audit = session.get_one(Audit, shard.audit_id)
+        if shard.status is not AuditStatus.RUNNING:
+            return  # it moved since the pass looked
+        if audit.status not in OPEN_STATUSES:
+            _move(session, shard, AuditStatus.RUNNING, status=AuditStatus.CANCELLED)
+            return
+        if shard.attempts >= policy.max_attempts:
+            _move(session, shard, AuditStatus.RUNNING, status=AuditStatus.FAILED)
+            fail_audit(
+                session, audit.id, f"lost its worker {shard.attempts} times (last: {shard.worker})"
+            )
+            done["failed"] += 1
+            return
+        if not _move(
+            session,
+            shard,
+            AuditStatus.RUNNING,
+            status=AuditStatus.QUEUED,
+            progress=0.0,
+            queued_at=now,
+        ):
+            return
+        route = shard.route
+    # The message only after the commit: a worker must find the shard queued.
+    queue.enqueue(key[0], key[1], route=route)
+    done["requeued"] += 1
+
+
+def _resend(
+    sessions: sessionmaker[Session],
+    queue: AuditQueue,
+    key: tuple[uuid.UUID, int],
+    now: datetime,
+    done: Counter[str],
+) -> None:
+    """A queued shard whose message the broker lost: sent again."""
+    with sessions.begin() as session:
+        shard = session.get_one(AuditShard, key)
+        if not _move(session, shard, AuditStatus.QUEUED, queued_at=now):
+            return
+        route = shard.route
+    queue.enqueue(key[0], key[1], route=route)
+    done["resent"] += 1
+
+
+def _purge(sessions: sessionmaker[Session], now: datetime) -> int:
+    with sessions.begin() as session:
+        return purge_expired_keys(session, now=now)
+
+
+def _keys_where(session: Session, *conditions: ColumnElement[bool]) -> list[tuple[uuid.UUID, int]]:
+    """(audit id, shard) of the shards matching `conditions`."""
     rows = session.execute(
-        select(AuditShard, Audit).join(Audit, Audit.id == AuditShard.audit_id).where(*conditions)
+        select(AuditShard.audit_id, AuditShard.shard)
+        .join(Audit, Audit.id == AuditShard.audit_id)
+        .where(*conditions)
     ).all()
-    return [(shard, audit) for shard, audit in rows]
+    return [(audit_id, shard) for audit_id, shard in rows]
 
 
 def _move(session: Session, shard: AuditShard, current: AuditStatus, **values: object) -> bool:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from service.audits.tables import Audit, AuditReport
+from service.audits.tables import Audit, AuditReport, AuditShard
 from service.errors import Conflict, NotFound
 from service.models.tables import ModelFile
 from service.pagination import newest_first
 from shiftaudit.report import Report
-from shiftaudit_api.audits import AuditStatus
+from shiftaudit_api.audits import OPEN_STATUSES, AuditStatus
 
 
 class TeamAudits:
@@ -73,6 +73,45 @@ class TeamAudits:
             query, Audit, after=after, limit=limit, oldest_first=filters.order == "oldest"
         )
         return list(self.session.scalars(ordered))
+
+
+def fairest_queued_shards(
+    session: Session, *, route: str, now: datetime, limit: int = 20
+) -> list[tuple[uuid.UUID, int]]:
+    """Queued shards of open audits on one queue, every team's, fairest first: the team with
+    the fewest shards running, then the one whose last shard started longest ago (a day's
+    history; never first), then the oldest queued. (The scheduler's query: across teams by
+    design, it returns ids only.)"""
+    teams = (
+        select(
+            Audit.team_id,
+            func.count().filter(AuditShard.status == AuditStatus.RUNNING).label("running"),
+            func.max(AuditShard.started_at).label("last_started"),
+        )
+        .join(AuditShard, AuditShard.audit_id == Audit.id)
+        .where(AuditShard.started_at > now - timedelta(days=1))
+        .group_by(Audit.team_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(AuditShard.audit_id, AuditShard.shard)
+        .join(Audit, Audit.id == AuditShard.audit_id)
+        .outerjoin(teams, teams.c.team_id == Audit.team_id)
+        .where(
+            AuditShard.route == route,
+            AuditShard.status == AuditStatus.QUEUED,
+            Audit.status.in_(OPEN_STATUSES),
+        )
+        .order_by(
+            func.coalesce(teams.c.running, 0),
+            teams.c.last_started.asc().nulls_first(),
+            AuditShard.queued_at,
+            Audit.created_at,
+            AuditShard.shard,
+        )
+        .limit(limit)
+    ).all()
+    return [(audit_id, shard) for audit_id, shard in rows]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.audits.repository import fairest_queued_shards
 from service.audits.tables import Audit, AuditReport, AuditShard
 from service.backoff import retry
 from service.compare.service import regression_reasons
@@ -156,25 +157,40 @@ class _Job:
     def _claim(
         self,
     ) -> tuple[dict[str, object], str, str, tuple[int, int], int] | AuditStatus:
-        """Take the shard if it is still queued and its audit still wants it; else the
-        shard's state."""
+        """Take the fairest queued shard of this job's queue (usually its own); else the
+        job's shard's state.
+
+        A job's message is a turn on its queue: the shard it names is a hint, and another
+        team's shard goes first when that team has fewer shards running, or has waited
+        longer since its last one started (round robin). A team with hours queued cannot
+        hold back another's small audit beyond the shard now running; the shard passed over
+        keeps its place (another message, or the reconciler's resend, takes it).
+        """
         with self.sessions.begin() as session:
             audit = session.get(Audit, self.audit_id)
-            if audit is None or audit.status not in OPEN_STATUSES:
-                self._update_shard(session, AuditStatus.QUEUED, status=AuditStatus.CANCELLED)
+            hinted = session.get(AuditShard, (self.audit_id, self.shard))
+            if audit is None or hinted is None:
                 return self._status(session)
+            if audit.status not in OPEN_STATUSES:
+                self._update_shard(session, AuditStatus.QUEUED, status=AuditStatus.CANCELLED)
             now = utcnow()
-            claimed = self._update_shard(
-                session,
-                AuditStatus.QUEUED,
-                status=AuditStatus.RUNNING,
-                attempts=AuditShard.attempts + 1,
-                worker=self.options.worker,
-                started_at=now,
-                heartbeat_at=now,
-            )
-            if not claimed:
-                return self._status(session)  # taken or finished: a redelivery does nothing
+            for audit_id, shard in fairest_queued_shards(session, route=hinted.route, now=now):
+                if move_shard(
+                    session,
+                    audit_id,
+                    shard,
+                    [AuditStatus.QUEUED],
+                    status=AuditStatus.RUNNING,
+                    attempts=AuditShard.attempts + 1,
+                    worker=self.options.worker,
+                    started_at=now,
+                    heartbeat_at=now,
+                ):
+                    self.audit_id, self.shard = audit_id, shard
+                    break
+            else:
+                return self._status(session)  # nothing queued: a redelivery does nothing
+            audit = session.get_one(Audit, self.audit_id)
             session.execute(
                 update(Audit)
                 .where(Audit.id == self.audit_id, Audit.status == AuditStatus.QUEUED)
@@ -298,13 +314,23 @@ def complete_audit(sessions: sessionmaker[Session], audit_id: uuid.UUID) -> bool
         ).all()
         if not shards or any(s.status is not AuditStatus.SUCCEEDED for s in shards):
             return False
-        config = AuditConfig.model_validate(audit.config)
-        results = [ShardResult.model_validate(s.result) for s in shards]
         try:
+            config = AuditConfig.model_validate(audit.config)
+            results = [ShardResult.model_validate(s.result) for s in shards]
             report = merge_shards(results, config)
         except ShiftAuditError as error:
             failed = _finish(
                 sessions, audit_id, AuditStatus.FAILED, error=f"merging shards: {error}"
+            )
+            return failed is not None
+        except Exception:  # a stored config or state the merge cannot take: this audit only
+            log.exception("merging the shards of audit %s failed", audit_id)
+            failed = _finish(
+                sessions,
+                audit_id,
+                AuditStatus.FAILED,
+                error="its shards could not be merged into a report (the worker's log has "
+                "the details)",
             )
             return failed is not None
         verdict = None

@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Enum, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Enum, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base, RecordMixin, UTCDateTime, utcnow
@@ -49,6 +49,8 @@ class Audit(RecordMixin, Base):
     # verdict written with the report.
     policies: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
     policy_result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # The cost estimated when it was created (shiftaudit.cost); NULL for older rows.
+    forward_passes: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class AuditReport(Base):
@@ -69,7 +71,10 @@ class AuditShard(Base):
     """
 
     __tablename__ = "audit_shards"
-    __table_args__ = (Index("ix_audit_shards_status_heartbeat", "status", "heartbeat_at"),)
+    __table_args__ = (
+        Index("ix_audit_shards_status_heartbeat", "status", "heartbeat_at"),
+        Index("ix_audit_shards_route_status", "route", "status"),
+    )
 
     audit_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("audits.id", ondelete="CASCADE"), primary_key=True
@@ -77,6 +82,8 @@ class AuditShard(Base):
     shard: Mapped[int] = mapped_column(Integer, primary_key=True)
     probe_start: Mapped[int] = mapped_column(Integer)
     probe_stop: Mapped[int] = mapped_column(Integer)
+    # The queue its jobs go to (service.routing): a worker of that queue may claim it.
+    route: Mapped[str] = mapped_column(String(64))
     status: Mapped[AuditStatus] = mapped_column(
         Enum(AuditStatus, name="shard_status", values_callable=lambda e: [m.value for m in e]),
         default=AuditStatus.QUEUED,

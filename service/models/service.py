@@ -13,7 +13,7 @@ from service.storage import ArtifactStorage, StoredArtifact
 from service.stored_files import service as stored_files
 from service.stored_files.service import StoredFileKind
 from shiftaudit.errors import ModelError
-from shiftaudit.model_files import sniff_model_format
+from shiftaudit.model_files import declared_input_size, sniff_model_format
 from shiftaudit_api.uploads import ModelFields, ModelOut, ModelUploaded, StoredFileFields
 
 MODELS = StoredFileKind(noun="model", path="/v1/models", row_type=ModelFile, out=ModelOut)
@@ -32,11 +32,14 @@ def register_model(
 
     def describe(path: Path, fields: StoredFileFields) -> dict[str, object]:
         try:
-            return {"format": sniff_model_format(path).value}
+            model_format = sniff_model_format(path)
+            size = declared_input_size(path)
         except ModelError as error:
             # The engine names the stored object; the client knows its own file name.
             message = str(error).replace(artifact.sha256, filename or "the upload")
             raise Invalid(f"file: {message}") from error
+        height, width = size if size is not None else (None, None)
+        return {"format": model_format.value, "input_height": height, "input_width": width}
 
     out, added = stored_files.register(
         session=session,

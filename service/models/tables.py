@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Index, String, UniqueConstraint
+from sqlalchemy import Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db import Base
@@ -19,3 +19,6 @@ class ModelFile(StoredFileMixin, Base):
     version: Mapped[str] = mapped_column(String(100))
     format: Mapped[str] = mapped_column(String(20))
     registry_ref: Mapped[str | None] = mapped_column(String(500), default=None)
+    # (H, W) as the file declares it, read without loading it; None when it declares none.
+    input_height: Mapped[int | None] = mapped_column(Integer, default=None)
+    input_width: Mapped[int | None] = mapped_column(Integer, default=None)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request, Response
 
 from service.deps import Reader, SessionDep, SettingsDep, Writer
 from service.outbound_webhooks import service
 from service.outbound_webhooks.repository import latest_deliveries, team_subscriptions
+from service.pagination import next_page_link
 from shiftaudit_api.outbound_webhooks import (
     CreatedSubscription,
     DeliveryOut,
@@ -34,10 +36,19 @@ def subscribe(
 
 
 @router.get("")
-def list_subscriptions(principal: Reader, session: SessionDep) -> list[SubscriptionOut]:
-    return [
-        SubscriptionOut.model_validate(r) for r in team_subscriptions(session, principal.team_id)
-    ]
+def list_subscriptions(
+    principal: Reader,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=200)] = 100,
+    after: Annotated[uuid.UUID | None, Query(description="the last subscription seen")] = None,
+) -> list[SubscriptionOut]:
+    """The team's subscriptions, oldest first, a page at a time (`Link` rel="next")."""
+    rows = team_subscriptions(session, principal.team_id, limit=limit + 1, after=after)
+    if len(rows) > limit:
+        response.headers.update(next_page_link(request, after=str(rows[limit - 1].id)))
+    return [SubscriptionOut.model_validate(row) for row in rows[:limit]]
 
 
 @router.delete("/{subscription_id}", status_code=204)
@@ -47,8 +58,18 @@ def unsubscribe(subscription_id: uuid.UUID, principal: Writer, session: SessionD
 
 @router.get("/{subscription_id}/deliveries")
 def deliveries(
-    subscription_id: uuid.UUID, principal: Reader, session: SessionDep
+    subscription_id: uuid.UUID,
+    principal: Reader,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=200)] = 100,
+    before: Annotated[uuid.UUID | None, Query(description="the last delivery seen")] = None,
 ) -> list[DeliveryOut]:
-    """The latest 100 deliveries, newest first: the delivery log."""
-    rows = latest_deliveries(session, principal.team_id, subscription_id, limit=100)
-    return [DeliveryOut.model_validate(row) for row in rows]
+    """The delivery log, newest first, a page at a time (`Link` rel="next")."""
+    rows = latest_deliveries(
+        session, principal.team_id, subscription_id, limit=limit + 1, before=before
+    )
+    if len(rows) > limit:
+        response.headers.update(next_page_link(request, before=str(rows[limit - 1].id)))
+    return [DeliveryOut.model_validate(row) for row in rows[:limit]]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from service.errors import NotFound
@@ -25,27 +25,50 @@ def team_subscription(
     return row
 
 
-def team_subscriptions(session: Session, team_id: uuid.UUID) -> list[WebhookSubscription]:
-    """The team's subscriptions, oldest first."""
-    return list(
-        session.scalars(
-            select(WebhookSubscription)
-            .where(WebhookSubscription.team_id == team_id)
-            .order_by(WebhookSubscription.created_at)
+def team_subscriptions(
+    session: Session, team_id: uuid.UUID, *, limit: int, after: uuid.UUID | None
+) -> list[WebhookSubscription]:
+    """The team's subscriptions, oldest first, `limit` of them after the one `after`."""
+    query = select(WebhookSubscription).where(WebhookSubscription.team_id == team_id)
+    if after is not None:
+        last = team_subscription(session, team_id, after)
+        query = query.where(
+            or_(
+                WebhookSubscription.created_at > last.created_at,
+                and_(
+                    WebhookSubscription.created_at == last.created_at,
+                    WebhookSubscription.id > last.id,
+                ),
+            )
         )
-    )
+    ordered = query.order_by(WebhookSubscription.created_at, WebhookSubscription.id)
+    return list(session.scalars(ordered.limit(limit)))
 
 
 def latest_deliveries(
-    session: Session, team_id: uuid.UUID, subscription_id: uuid.UUID, *, limit: int
+    session: Session,
+    team_id: uuid.UUID,
+    subscription_id: uuid.UUID,
+    *,
+    limit: int,
+    before: uuid.UUID | None,
 ) -> list[WebhookDelivery]:
-    """The newest deliveries of one of the team's subscriptions."""
+    """The deliveries of one of the team's subscriptions, newest first, `limit` of them
+    older than the one `before`."""
     subscription = team_subscription(session, team_id, subscription_id)
-    return list(
-        session.scalars(
-            select(WebhookDelivery)
-            .where(WebhookDelivery.subscription_id == subscription.id)
-            .order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
-            .limit(limit)
+    query = select(WebhookDelivery).where(WebhookDelivery.subscription_id == subscription.id)
+    if before is not None:
+        last = session.get(WebhookDelivery, before)
+        if last is None or last.subscription_id != subscription.id:
+            raise NotFound("before: no delivery with this id for this webhook")
+        query = query.where(
+            or_(
+                WebhookDelivery.created_at < last.created_at,
+                and_(
+                    WebhookDelivery.created_at == last.created_at,
+                    WebhookDelivery.id < last.id,
+                ),
+            )
         )
-    )
+    ordered = query.order_by(WebhookDelivery.created_at.desc(), WebhookDelivery.id.desc())
+    return list(session.scalars(ordered.limit(limit)))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 
 from service.deps import Reader, SessionDep, Writer
+from service.pagination import next_page_link
 from service.policies import service
 from service.policies.repository import get_policy, policy_rows
 from shiftaudit_api.policies import PolicyIn, PolicyOut
@@ -23,8 +26,20 @@ def create_policy(body: PolicyIn, principal: Writer, session: SessionDep) -> Pol
 
 
 @router.get("")
-def list_policies(principal: Reader, session: SessionDep) -> list[PolicyOut]:
-    return [service.policy_out(row=row) for row in policy_rows(session, principal.team_id)]
+def list_policies(
+    principal: Reader,
+    session: SessionDep,
+    request: Request,
+    response: Response,
+    limit: Annotated[int, Query(ge=1, le=200)] = 100,
+    after: Annotated[str | None, Query(max_length=100, description="the last name seen")] = None,
+) -> list[PolicyOut]:
+    """The team's policies by name, a page at a time: the `Link` header (rel="next") has the
+    next page's address while there is one."""
+    rows = policy_rows(session, principal.team_id, limit=limit + 1, after=after)
+    if len(rows) > limit:
+        response.headers.update(next_page_link(request, after=rows[limit - 1].name))
+    return [service.policy_out(row=row) for row in rows[:limit]]
 
 
 @router.get("/{name}")

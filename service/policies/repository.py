@@ -36,8 +36,11 @@ def get_policy(session: Session, team_id: uuid.UUID, name: str) -> Policy:
     return row
 
 
-def policy_rows(session: Session, team_id: uuid.UUID) -> list[Policy]:
-    """The team's policies by name."""
-    return list(
-        session.scalars(select(Policy).where(Policy.team_id == team_id).order_by(Policy.name))
-    )
+def policy_rows(
+    session: Session, team_id: uuid.UUID, *, limit: int, after: str | None
+) -> list[Policy]:
+    """The team's policies by name, `limit` of them after the name `after`."""
+    query = select(Policy).where(Policy.team_id == team_id)
+    if after is not None:
+        query = query.where(Policy.name > after)
+    return list(session.scalars(query.order_by(Policy.name).limit(limit)))

@@ -35,8 +35,17 @@ def as_archive(*, parts: list[tuple[str, Path]], destination: Path) -> Path:
     names: dict[str, Path] = {}
     for filename, path in parts:
         name = PurePosixPath(filename.replace("\\", "/")).name
-        if not name or name.startswith(".") or name in names:
-            raise Invalid(f"file: image part names must be distinct, got {filename!r}")
+        if not name:
+            raise Invalid(
+                "file: every image part needs a file name (Content-Disposition: form-data; "
+                f'name="file"; filename="..."), got {filename!r}'
+            )
+        if name.startswith("."):
+            raise Invalid(
+                f"file: {name!r} is a hidden file (its name starts with a dot); rename it"
+            )
+        if name in names:
+            raise Invalid(f"file: image part names must be distinct: {name!r} is sent twice")
         names[name] = path
     return pack_tar(names, destination)
 

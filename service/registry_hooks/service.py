@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.audits.service import add_audit, dispatch, resolve_request
+from service.audits.service import add_audit, capacity_for, dispatch, resolve_request
 from service.audits.tables import Audit
 from service.db import utcnow
 from service.errors import Conflict, Invalid, NotFound, TooLarge, Unauthenticated, UpstreamFailed
@@ -163,7 +163,7 @@ def audit_with_defaults(
     queue: AuditQueue,
     team_id: uuid.UUID,
     defaults: TeamHookDefaults,
-    shard_probes: int,
+    settings: Settings,
     artifact: StoredArtifact,
     fields: dict[str, str],
     filename: str,
@@ -187,7 +187,7 @@ def audit_with_defaults(
         probe_set=probe_set,
         config=AuditConfig.model_validate(defaults.config),
         policies=team_policies(session, team_id, defaults.policies),
-        shard_probes=shard_probes,
+        capacity=capacity_for(session=session, settings=settings, team_id=team_id),
         gpu_type=defaults.gpu_type,
     )
     if record is not None:
@@ -226,7 +226,7 @@ def generic_hook(
         queue=queue,
         team_id=team_id,
         defaults=defaults,
-        shard_probes=settings.shard_probes,
+        settings=settings,
         artifact=artifact,
         fields={"name": body.name, "version": body.version, "registry_ref": body.model_url},
         filename=body.model_url.rsplit("/", 1)[-1],
@@ -343,7 +343,7 @@ def receive_mlflow_delivery(
             queue=queue,
             team_id=connection.team_id,
             defaults=defaults,
-            shard_probes=settings.shard_probes,
+            settings=settings,
             artifact=artifact,
             fields={
                 "name": ref.name,

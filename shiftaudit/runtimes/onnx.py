@@ -11,7 +11,7 @@ import torch
 
 from shiftaudit.errors import ModelError
 from shiftaudit.input_contract import declared_input
-from shiftaudit.model_files import ModelFormat
+from shiftaudit.model_files import ModelFormat, onnx_dims
 from shiftaudit.runtimes.base import LayerOutput, Runtime
 
 _ORT_DTYPES = {
@@ -20,16 +20,6 @@ _ORT_DTYPES = {
     "tensor(double)": torch.float64,
 }
 _NP_DTYPES = {torch.float32: np.float32, torch.float16: np.float16, torch.float64: np.float64}
-
-
-def _onnx_dims(value_info: Any) -> list[int | None] | None:
-    tensor_type = value_info.type.tensor_type
-    if not tensor_type.HasField("shape"):
-        return None
-    return [
-        d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-        for d in tensor_type.shape.dim
-    ]
 
 
 class OnnxRuntime(Runtime):
@@ -73,8 +63,8 @@ class OnnxRuntime(Runtime):
         by_name = {v.name: v for v in proto.graph.input}
         outputs = proto.graph.output
         self.declared = declared_input(
-            _onnx_dims(by_name[self._input_name]) if self._input_name in by_name else None,
-            _onnx_dims(outputs[0]) if outputs else None,
+            onnx_dims(by_name[self._input_name]) if self._input_name in by_name else None,
+            onnx_dims(outputs[0]) if outputs else None,
             self._input_name,
         )
         self._layer_session: Any = None
@@ -115,7 +105,7 @@ class OnnxRuntime(Runtime):
         taken = {o.name for o in model.graph.output}
         for node in model.graph.node:
             for name in node.output:
-                dims = _onnx_dims(infos[name]) if name in infos else None
+                dims = onnx_dims(infos[name]) if name in infos else None
                 if name not in taken and dims is not None and len(dims) in (3, 4):
                     model.graph.output.append(infos[name])
                     self._layer_ops[name] = node.op_type

@@ -195,6 +195,12 @@ MATRIX: dict[tuple[str, str], Row] = {
     ("POST", "/v1/audits"): Row(
         Scope.WRITE, frozenset({202}), lambda w: ("/v1/audits", {"json": w.audit_body()}), True
     ),
+    ("POST", "/v1/audits/estimate"): Row(
+        Scope.WRITE,
+        frozenset({200}),
+        lambda w: ("/v1/audits/estimate", {"json": w.audit_body()}),
+        True,
+    ),
     ("GET", "/v1/audits"): Row(Scope.READ, frozenset({200}), lambda w: ("/v1/audits", {}), False),
     ("GET", "/v1/audits/{audit_id}"): Row(
         Scope.READ, frozenset({200}), lambda w: (f"/v1/audits/{w.audit_id}", {}), True
