@@ -86,7 +86,8 @@ def reconcile_once(
                 )
     with sessions() as session:
         merged = session.scalars(
-            select(Audit.id).where(
+            select(Audit.id)
+            .where(
                 Audit.status == AuditStatus.RUNNING,
                 Audit.heartbeat_at < now - policy.stale_after,
                 ~Audit.id.in_(
