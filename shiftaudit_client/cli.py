@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from shiftaudit.archives import pack_directory
-from shiftaudit.config import AuditConfig
 from shiftaudit.config_args import add_config_arguments, config_from_args
 from shiftaudit.errors import ShiftAuditError
 from shiftaudit.files import sha256_file
 from shiftaudit.terminal import ProgressBar, format_summary
-from shiftaudit_api.audits import AuditOut
+from shiftaudit_api.audits import AuditEstimate, AuditOut
 from shiftaudit_api.common import Page
 from shiftaudit_api.uploads import StoredFileOut
 from shiftaudit_client import api
@@ -59,6 +58,12 @@ def configure_submit(submit: argparse.ArgumentParser) -> None:
     )
     add_config_arguments(submit)
     submit.add_argument("--gpu-type", metavar="T", help="run on workers for this GPU type")
+    submit.add_argument(
+        "--estimate",
+        action="store_true",
+        help="only print what the audit would cost and whether it is allowed (nothing queued; "
+        "exit 2 when it would be refused)",
+    )
     submit.add_argument("--wait", action="store_true", help="follow the audit to its end")
     submit.add_argument("--timeout", type=float, metavar="S", help="give up waiting after S s")
     submit.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -123,7 +128,17 @@ def _submit(args: argparse.Namespace) -> Exit:
             raise ShiftAuditError(f"no such file or directory: {path}")
     client, url = _client()
     with client:
-        audit = _queue(client, args, config)
+        model_id, probe_set_id = _upload_missing(client, args)
+        request = {
+            "model_id": model_id,
+            "probe_set_id": probe_set_id,
+            "config": config,
+            "policies": args.policy,
+            "gpu_type": args.gpu_type,
+        }
+        if args.estimate:
+            return _print_estimate(client.send(api.estimate_audit(**request)))
+        audit = client.send(api.create_audit(**request))
         print(f"audit {audit.id} {'reused' if audit.reused else audit.status}", file=sys.stderr)
         print(f"{url}/v1/audits/{audit.id}")
         if not args.wait:
@@ -144,8 +159,22 @@ def _submit(args: argparse.Namespace) -> Exit:
     return _verdict(audit)
 
 
-def _queue(client: Client, args: argparse.Namespace, config: AuditConfig) -> AuditOut:
-    """Upload what the server lacks and queue the audit."""
+def _print_estimate(estimate: AuditEstimate) -> Exit:
+    """The estimate as a CI log shows it; exit 2 when the audit would be refused."""
+    print(
+        f"estimate: {estimate.forward_passes} forward passes ({estimate.sweep_forward_passes} "
+        f"for the sweep: {estimate.probes} probes x {estimate.evaluations_per_probe}, "
+        f"{estimate.layer_forward_passes} for the layer profile) in {estimate.shards} shard(s); "
+        f"limit {estimate.max_forward_passes_per_audit}"
+    )
+    if estimate.allowed:
+        print("allowed")
+        return Exit.OK
+    return Exit(_fail(Exit.BAD_INPUT, f"the audit would be refused: {estimate.reason}"))
+
+
+def _upload_missing(client: Client, args: argparse.Namespace) -> tuple[uuid.UUID, uuid.UUID]:
+    """Upload what the server lacks: the model's and the probe set's ids."""
     with tempfile.TemporaryDirectory(prefix="shiftaudit-submit-") as scratch:
         probes = args.probes
         if probes.is_dir():
@@ -167,14 +196,7 @@ def _queue(client: Client, args: argparse.Namespace, config: AuditConfig) -> Aud
             detail=lambda probe_set: f"{probe_set.image_count} images",
             quiet=args.quiet,
         )
-    call = api.create_audit(
-        model_id=model_id,
-        probe_set_id=probe_set_id,
-        config=config,
-        policies=args.policy,
-        gpu_type=args.gpu_type,
-    )
-    return client.send(call)
+    return model_id, probe_set_id
 
 
 def _verdict(audit: AuditOut) -> Exit:

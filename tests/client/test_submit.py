@@ -143,3 +143,20 @@ def test_submit_gives_a_traced_model_its_input_size(served, inputs, gate, tmp_pa
     result = _cli(*args, "--input-size", "16", "16", "--policy", "gate", "--wait", env=served.env)
     assert result.returncode == Exit.OK, result.stderr
     assert "input 16x16" in result.stdout
+
+
+def test_submit_estimate_prints_the_cost_and_queues_nothing(served, inputs, gate):
+    args = ["submit", str(inputs["aliasing"]), str(inputs["probes"]), "--config", str(gate)]
+    listed = httpx.get(
+        f"{served.url}/v1/audits", headers={"Authorization": f"Bearer {served.key}"}
+    ).json()
+    result = _cli(*args, "--estimate", env=served.env)
+    assert result.returncode == Exit.OK, result.stderr
+    # 12 probes x 25 shifts (max_shift 2), and the layer profile on 4 of them.
+    assert "estimate: " in result.stdout
+    assert "(300 for the sweep: 12 probes x 25, " in result.stdout
+    assert "allowed" in result.stdout
+    again = httpx.get(
+        f"{served.url}/v1/audits", headers={"Authorization": f"Bearer {served.key}"}
+    ).json()
+    assert again["items"] == listed["items"]  # nothing was queued
