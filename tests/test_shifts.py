@@ -168,7 +168,11 @@ def test_subset_of_pairs_is_generated_in_one_call():
 def test_bad_sweeps_are_refused_with_reasons():
     with pytest.raises(ValueError, match="fourier"):
         SweepConfig(mode="zero", subpixel="fourier")
+    # Refused when the config is made (so at submit time), and by the engine for a config
+    # that bypassed validation.
+    with pytest.raises(ValueError, match="sampling"):
+        SweepConfig(max_shift=40)
     with pytest.raises(ConfigError, match="sampling"):
-        plan_shifts(SweepConfig(max_shift=40), (100, 100))
+        plan_shifts(SweepConfig.model_construct(max_shift=40), (100, 100))
     with pytest.raises(ConfigError, match="object_size"):
         plan_shifts(SweepConfig(mode="canvas", object_size=20), (10, 10))
