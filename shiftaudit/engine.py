@@ -114,7 +114,8 @@ def _sweep_shard(
     machine = device_name(device)  # before the choice lowers torch's threads
     stages = _StageClock()
     model_sha = sha256_file(model_path)
-    model = load_runtime(model_path, device=device, threads=config.runtime.threads)
+    # The session ONNX Runtime opens has the threads a sweep without measuring uses.
+    model = load_runtime(model_path, device=device, threads=available_threads)
     with open_probe_set(probes_path, class_names=config.class_names) as probe_set:
         start, stop = probes if probes is not None else (0, len(probe_set))
         if not 0 <= start < stop <= len(probe_set):

@@ -448,23 +448,27 @@ class ShiftGenerator:
         fy = self._freq[0]
         fx = torch.fft.rfftfreq(width, device=self.device, dtype=torch.float64)
         shift = self._shift_t[shift_index]
-        phase = (
-            fy[None, :, None] * shift[:, 0, None, None]
-            + fx[None, None, :] * shift[:, 1, None, None]
-        )
-        ramp = torch.polar(torch.ones_like(phase), -2.0 * math.pi * phase)
+        dy, dx = shift[:, 0, None], shift[:, 1, None]
+        # The ramp exp(-2 pi i (fy dy + fx dx)) is separable: two short phase vectors per pair
+        # and their outer product, rather than a cosine and a sine per spectrum bin.
+        ramp_y = torch.polar(torch.ones_like(fy * dy), -2.0 * math.pi * fy * dy)
+        ramp_x = torch.polar(torch.ones_like(fx * dx), -2.0 * math.pi * fx * dx)
         if height % 2 == 0:
             # The full transform's real part keeps the Hermitian part of the phase ramp, which
             # differs from the ramp on the rows' Nyquist bin (fftfreq -0.5 for it and its own
             # mirror): cos(pi dy) there, and cos(pi (dy + dx)) at the corner bin. Columns need
             # nothing: irfft2 already keeps the Hermitian part along its last axis.
-            dy, dx = shift[:, 0, None], shift[:, 1, None]
-            ramp[:, height // 2] = torch.polar(torch.cos(math.pi * dy), -2.0 * math.pi * fx * dx)
-            if width % 2 == 0:
-                ramp[:, height // 2, -1] = torch.cos(math.pi * (dy + dx))[:, 0]
-        ramp = ramp[:, None]
-        stacked = torch.stack([spectra[p] for p in probes])
-        shifted: torch.Tensor = torch.fft.irfft2(stacked * ramp, s=(height, width)).float()
+            ramp_y[:, height // 2] = torch.cos(math.pi * dy[:, 0]).to(ramp_y.dtype)
+        ramp = ramp_y[:, :, None] * ramp_x[:, None, :]
+        if height % 2 == 0 and width % 2 == 0:
+            ramp[:, height // 2, -1] = torch.cos(math.pi * (dy + dx))[:, 0].to(ramp.dtype)
+        first = spectra[probes[0]]
+        shifted_spectra = torch.empty(
+            len(probes), *first.shape, dtype=first.dtype, device=first.device
+        )
+        for m, probe in enumerate(probes):
+            torch.mul(spectra[probe], ramp[m], out=shifted_spectra[m])
+        shifted: torch.Tensor = torch.fft.irfft2(shifted_spectra, s=(height, width)).float()
         return shifted if self.channels_first else shifted.permute(0, 2, 3, 1).contiguous()
 
     def _spectra(self, source: torch.Tensor, probes: list[int]) -> dict[int, torch.Tensor]:
