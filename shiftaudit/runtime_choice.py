@@ -198,6 +198,9 @@ def _unmeasured(
             requested=runtime.backend, chosen=own, reason=reason, candidates=[], checks=[]
         )
         return Choice(chosen, tuning, threads, record)
+    refusal = _not_exported(model, runtime)
+    if refusal is not None:
+        raise ConfigError(f"runtime.backend {backend!r} is pinned, but {refusal}")
     data = onnx_bytes(model, size=size, layout=layout)
     exported = exported_runtime(data, device=model.device, threads=threads, label="model")
     check = agreement(
@@ -233,12 +236,7 @@ def _candidates(
             found.append(_Candidate(own, threads, _with_threads(model, threads)))
     if model.format is ModelFormat.ONNX or runtime.backend not in ("auto", EXPORTED_BACKEND):
         return found, None
-    reason = exportable(model)
-    if reason is None and runtime.precision in ("bf16", "fp16"):
-        reason = f"runtime.precision {runtime.precision} runs torch models under autocast"
-    cuda_ep = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    if reason is None and model.device.type == "cuda" and not cuda_ep:
-        reason = "ONNX Runtime has no CUDA execution provider here (onnxruntime-gpu)"
+    reason = _not_exported(model, runtime)
     data = None
     if reason is None:
         try:
@@ -247,7 +245,7 @@ def _candidates(
             reason = str(exc)
     if data is None:
         if runtime.backend == EXPORTED_BACKEND:
-            raise ModelError(f"runtime.backend {EXPORTED_BACKEND!r} is pinned, but {reason}")
+            raise ConfigError(f"runtime.backend {EXPORTED_BACKEND!r} is pinned, but {reason}")
         found.append(_Candidate(EXPORTED_BACKEND, None, model, note=reason))
         return found, None
     try:
@@ -258,6 +256,17 @@ def _candidates(
     for threads in options:
         found.append(_Candidate(EXPORTED_BACKEND, threads, _with_threads(base, threads)))
     return found, data
+
+
+def _not_exported(model: Runtime, runtime: RuntimeConfig) -> str | None:
+    """Why ONNX Runtime on an exported graph cannot stand in for this torch model, if so."""
+    reason = exportable(model)
+    if reason is None and runtime.precision in ("bf16", "fp16"):
+        return f"runtime.precision {runtime.precision} runs torch models under autocast"
+    cuda_ep = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    if reason is None and model.device.type == "cuda" and not cuda_ep:
+        return "ONNX Runtime has no CUDA execution provider here (onnxruntime-gpu)"
+    return reason
 
 
 def _with_threads(model: Runtime, threads: int | None) -> Runtime:

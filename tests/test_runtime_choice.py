@@ -168,6 +168,11 @@ def test_small_audits_fixed_batches_and_autocast_keep_the_models_own_runtime(
     (untimed,) = [c for c in choice.candidates if c.backend == "onnxruntime-exported"]
     assert untimed.images_per_s is None
     assert "autocast" in (untimed.note or "")
+    # Pinned to ONNX Runtime, autocast could not apply: refused rather than mislabelled.
+    with pytest.raises(ConfigError, match="autocast"):
+        run_audit(
+            chain, probes, _config(backend="onnxruntime-exported", precision="bf16", batch_size=8)
+        )
 
 
 def test_the_check_compares_top1_and_logits_at_the_stated_tolerance(tmp_path):
