@@ -222,3 +222,15 @@ def test_a_damaged_cache_entry_is_measured_again(tmp_path, chain, probes):
         again.tuning.batch_size
     )
     assert first.tuning.images_per_s is not None
+
+
+def test_an_audit_leaves_torchs_thread_count_as_it_found_it(chosen, chain, probes):
+    _, cache = chosen
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        report = run_audit(chain, probes, _config(), tuning_cache=cache)
+        assert report.provenance.backend == "onnxruntime-exported"  # it ran torch at 1 thread
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
