@@ -233,9 +233,11 @@ class ShardResult(_Frozen):
     batch_size: int
     memory_format: Literal["contiguous", "channels_last"]
     execution_provider: str | None
-    backend: str | None = None
-    threads: int | None = None
-    runtime_choice: RuntimeChoice | None = None
+    backend: str | None = Field(None, description="What ran the forward passes (Provenance).")
+    threads: int | None = Field(None, description="CPU intra-op threads; None on a GPU.")
+    runtime_choice: RuntimeChoice | None = Field(
+        None, description="The runtimes considered and the checks (Provenance)."
+    )
     wall_time_s: float
     stage_seconds: dict[str, float]
     started_at: str
