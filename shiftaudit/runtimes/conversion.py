@@ -56,18 +56,20 @@ def onnx_bytes(model: Runtime, *, size: tuple[int, int], layout: str) -> bytes:
                 # ep.module().to(device) may have moved the program's own weights with it.
                 weights = [*model.program.state_dict.values(), *model.program.constants.values()]
                 where = next((w.device for w in weights if isinstance(w, torch.Tensor)), None)
-                program = torch.onnx.export(
-                    model.program, (example.to(where or "cpu"),), dynamo=True
-                )
+                with torch.no_grad():
+                    program = torch.onnx.export(
+                        model.program, (example.to(where or "cpu"),), dynamo=True
+                    )
                 if program is None:
                     raise ModelError("torch.onnx.export returned no program")
                 return bytes(program.model_proto.SerializeToString())
             assert isinstance(model, TorchScriptRuntime)
             buffer = io.BytesIO()
-            module = model.module.to("cpu")
-            try:
+            # A copy of its own (the runtime's module is left as it was), on the CPU.
+            module = torch.jit.load(io.BytesIO(model.archive), map_location="cpu")  # type: ignore[no-untyped-call]
+            with torch.no_grad():
                 torch.onnx.export(
-                    module,
+                    module.eval(),
                     (example,),
                     buffer,  # type: ignore[arg-type]  # the TorchScript exporter writes to any file
                     dynamo=False,
@@ -75,8 +77,6 @@ def onnx_bytes(model: Runtime, *, size: tuple[int, int], layout: str) -> bytes:
                     output_names=[_OUTPUT],
                     dynamic_axes={_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}},
                 )
-            finally:
-                module.to(model.device)
             return buffer.getvalue()
     except ModelError:
         raise
