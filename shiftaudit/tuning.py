@@ -105,7 +105,10 @@ def measure(
     while batch <= max_batch and stale < 2 and time.perf_counter() < deadline:
         improved = False
         for channels_last in formats:
-            speed = timed(model, batch, channels_last, size=size, layout=layout, seconds=scan_s)
+            # Two runs are enough to rank: a slow model then reaches its larger batches.
+            speed = timed(
+                model, batch, channels_last, size=size, layout=layout, seconds=scan_s, runs=2
+            )
             if speed is None:
                 max_batch = batch - 1  # it does not fit, and no larger batch will
                 break
@@ -137,13 +140,14 @@ def timed(
     size: tuple[int, int],
     layout: str,
     seconds: float,
+    runs: int = 3,
 ) -> float | None:
     """Raw forward images/s at one setting; None when it does not fit in device memory."""
     x = example_input(
         batch=batch, size=size, layout=layout, channels_last=channels_last, device=model.device
     )
     try:
-        return forward_throughput(model, x, min_seconds=seconds)
+        return forward_throughput(model, x, min_seconds=seconds, min_runs=runs)
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return None
