@@ -82,6 +82,7 @@ class _Candidate:
     runtime: Runtime
     tuning: Tuning | None = None
     note: str | None = None
+    finalist: bool = False  # re-timed alternately with the others: ranks above the rest
 
 
 def own_backend(model: Runtime) -> str:
@@ -314,6 +315,7 @@ def _time_all(
             if again.images_per_s is not None:
                 means[id(candidate)].append(again.images_per_s)
     for candidate in finalists:
+        candidate.finalist = True
         if means[id(candidate)] and candidate.tuning is not None:
             speed = sum(means[id(candidate)]) / len(means[id(candidate)])
             candidate.tuning = replace(candidate.tuning, images_per_s=speed)
@@ -336,6 +338,7 @@ def _retimed(
 def _example(
     setting: Tuning, size: tuple[int, int], layout: str, device: torch.device
 ) -> torch.Tensor:
+    """A random batch at `setting`'s size and memory format."""
     return example_input(
         batch=setting.batch_size,
         size=size,
@@ -345,7 +348,13 @@ def _example(
     )
 
 
+def _rank(candidate: _Candidate) -> tuple[bool, float]:
+    """Finalists first (their speeds come from the alternating re-timing), then by speed."""
+    return candidate.finalist, _speed(candidate)
+
+
 def _speed(candidate: _Candidate) -> float:
+    """Measured images/s, 0 when not timed."""
     if candidate.tuning is None or candidate.tuning.images_per_s is None:
         return 0.0
     return candidate.tuning.images_per_s
@@ -361,9 +370,7 @@ def _select(
     """The fastest candidate that agrees with the model's own runtime (or the pinned one),
     and the checks that ran."""
     own = own_backend(model)
-    ranked = sorted(
-        (c for c in candidates if c.note is None and c.tuning), key=_speed, reverse=True
-    )
+    ranked = sorted((c for c in candidates if c.note is None and c.tuning), key=_rank, reverse=True)
     if requested not in ("auto", own):
         # Pinned to another runtime: used whatever the check says; the report says it.
         pinned = ranked[0]
@@ -466,6 +473,7 @@ def _logits(
 
 
 def _reported(candidate: _Candidate) -> RuntimeCandidate:
+    """A candidate as the report lists it."""
     tuning = candidate.tuning
     speed = None if tuning is None or tuning.images_per_s is None else tuning.images_per_s
     return RuntimeCandidate(
@@ -479,6 +487,7 @@ def _reported(candidate: _Candidate) -> RuntimeCandidate:
 
 
 def _memory_format(channels_last: bool) -> Literal["contiguous", "channels_last"]:
+    """The report's name of a memory format."""
     return "channels_last" if channels_last else "contiguous"
 
 
