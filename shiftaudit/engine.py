@@ -489,13 +489,15 @@ def _sweep(
                     rows = chunk_size * per_probe
                     # Zeros: the padding rows of the first short chunk are reduced too.
                     logits = torch.zeros(rows, out.shape[1], device=device, dtype=out.dtype)
-                    logp = torch.empty(rows, out.shape[1], device=device, dtype=torch.float64)
+                    logp = torch.zeros(rows, out.shape[1], device=device, dtype=torch.float64)
                 logits[start:stop] = out
                 done += stop - start
                 progress(0.95 * done / total, "sweep")
             assert logits is not None
             assert logp is not None
-            _log_probabilities(logits, config, into=logp)
+            # Only the chunk's own rows: a short chunk's padding would cost as much as a full one.
+            filled = len(chunk) * per_probe
+            _log_probabilities(logits[:filled], config, into=logp[:filled])
             labels = None
             if probes.has_labels:
                 labels = to_device(
