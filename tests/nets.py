@@ -163,3 +163,27 @@ def zip_directory(directory: Path) -> bytes:
         for path in sorted(directory.iterdir()):
             bundle.write(path, path.name)
     return archive.getvalue()
+
+
+class ChainNet(nn.Module):
+    """A conv, then a long chain of small layers on pooled features: eager PyTorch pays its
+    per-operator overhead on every link, ONNX Runtime hardly any, so ONNX Runtime runs this
+    several times faster at any batch size. `log1p`: each link also passes through
+    log1p(1e-6 h) * 1e6, the identity up to float32 rounding in PyTorch; ONNX has no Log1p,
+    and its log(1 + x) loses the small argument to rounding, so the export disagrees."""
+
+    def __init__(self, depth: int = 96, classes: int = 5, log1p: bool = False, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.links = nn.ModuleList([nn.Linear(8, 8) for _ in range(depth)])
+        self.head = nn.Linear(8, classes)
+        self.log1p = log1p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.stem(x)).amax(dim=(2, 3))
+        for link in self.links:
+            h = h + 0.1 * torch.tanh(link(h))
+            if self.log1p:
+                h = torch.log1p(h * 1e-6) * 1e6
+        return self.head(h) * 10.0

@@ -176,3 +176,88 @@ def test_bad_sweeps_are_refused_with_reasons():
         plan_shifts(SweepConfig.model_construct(max_shift=40), (100, 100))
     with pytest.raises(ConfigError, match="object_size"):
         plan_shifts(SweepConfig(mode="canvas", object_size=20), (10, 10))
+
+
+@pytest.mark.parametrize(
+    "sweep",
+    [
+        {"mode": "circular", "max_shift": 5},
+        {"mode": "zero", "max_shift": 4, "fill": (255, 0, 51)},
+        {"mode": "reflect", "max_shift": 4},
+        {"mode": "reflect", "shifts": [(15, -13), (-7, 9)]},
+        {"mode": "edge", "max_shift": 4},
+        {"mode": "crop", "max_shift": 3},
+        {"mode": "canvas", "object_size": 4, "step": 2, "fill": (0, 0, 255)},
+        {"mode": "circular", "shifts": [(0.5, 0.0), (-1.25, 2.75), (0.1, -0.3)]},
+        {"mode": "zero", "shifts": [(0.5, -3.5), (-1.25, 2.75)], "fill": (10, 200, 30)},
+        {"mode": "reflect", "shifts": [(0.5, -3.5), (6.25, 2.75)]},
+        {"mode": "edge", "shifts": [(0.5, -3.5), (-6.25, 2.75)]},
+        {"mode": "crop", "shifts": [(0.5, -2.5), (-1.25, 2.75)]},
+    ],
+    ids=lambda sweep: "-".join(f"{v}" for v in sweep.values())[:40],
+)
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_block_copies_equal_the_gather_bit_for_bit(sweep, channels_first):
+    """The copies (CPU default) against the 4-D gather they replaced, which the GPU still runs."""
+    size = (10, 10) if sweep["mode"] == "canvas" else SIZE
+    plan = plan_shifts(SweepConfig(**sweep), size)
+    source = _source(batch=4, size=plan.source_size, seed=3)
+    # Every pair, then a shuffled subset with repeats, as random-pair sampling draws them.
+    probe, shift = _all_pairs(plan, 4)
+    order = torch.randperm(len(probe), generator=torch.Generator().manual_seed(1))[:23]
+    fill = _fill(sweep.get("fill", (0, 0, 0)))
+    for probes, shifts in ((probe, shift), (probe[order], shift[order])):
+        outputs = [
+            ShiftGenerator(
+                plan,
+                fill=fill,
+                channels_first=channels_first,
+                device=torch.device("cpu"),
+                copies=copies,
+            )(source, probes, shifts)
+            for copies in (True, False)
+        ]
+        assert outputs[0].is_contiguous()
+        assert outputs[0].shape == outputs[1].shape
+        assert torch.equal(outputs[0], outputs[1])
+
+
+def test_the_cpu_default_is_block_copies():
+    plan = plan_shifts(SweepConfig(mode="zero", max_shift=1), SIZE)
+    gen = ShiftGenerator(
+        plan, fill=_fill((0, 0, 0)), channels_first=True, device=torch.device("cpu")
+    )
+    assert gen.copies
+
+
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_fourier_from_half_spectra_matches_the_full_transform(channels_first):
+    """The CPU's per-probe rfft2 path against the full complex transform the GPU runs: equal
+    up to float64 rounding, whatever order the pairs come in."""
+    plan = plan_shifts(
+        SweepConfig(
+            mode="circular", subpixel="fourier", shifts=[(0.5, 0.25), (-1.75, 3.5), (2, -3)]
+        ),
+        SIZE,
+    )
+    source = _source(batch=4, seed=5)
+    probe, shift = _all_pairs(plan, 4)
+    order = torch.randperm(len(probe), generator=torch.Generator().manual_seed(2))
+    for probes, shifts in ((probe, shift), (probe[order], shift[order])):
+        half, full = (
+            ShiftGenerator(
+                plan,
+                fill=_fill((0, 0, 0)),
+                channels_first=channels_first,
+                device=torch.device("cpu"),
+                copies=copies,
+            )(source, probes, shifts)
+            for copies in (True, False)
+        )
+        assert half.is_contiguous()
+        assert torch.allclose(half, full, atol=1e-6, rtol=0)
+        assert not torch.allclose(
+            half,
+            source[probes].permute(0, 3, 1, 2) if channels_first else source[probes],
+            atol=1e-3,
+        )

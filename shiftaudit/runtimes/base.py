@@ -63,6 +63,10 @@ class Runtime:
     device: torch.device
     layers_unavailable_reason: str | None = None
     supports_channels_last: bool = True
+    # What runs the forward pass (config.RuntimeConfig.backend names these) and, for ONNX
+    # Runtime, on which execution provider.
+    backend: str = "torch"
+    execution_provider: str | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes) float32 on ``self.device`` for a batch in the model's layout."""

@@ -76,6 +76,7 @@ class ExportedRuntime(Runtime):
             self._dims(nodes.get(str(sig.user_outputs[0]))),
             sig.user_inputs[0],
         )
+        self.program = ep  # on the CPU, as loaded: what runtimes.conversion exports
         self._gm = ep.module().to(device)
 
     @staticmethod

@@ -34,8 +34,13 @@ class OnnxRuntime(Runtime):
         device: torch.device,
         threads: int | None,
         label: str,
+        *,
+        backend: str = "onnxruntime",
     ) -> None:
+        """`backend`: "onnxruntime" for an ONNX file, "onnxruntime-exported" for a graph the
+        engine exported from a torch model (runtimes.conversion)."""
         self.format, self.device, self._proto, self._label = ModelFormat.ONNX, device, proto, label
+        self.backend, self.threads, self._data = backend, threads, data
         self._options = ort.SessionOptions()
         self._options.log_severity_level = 3
         if threads is not None:
@@ -49,7 +54,7 @@ class OnnxRuntime(Runtime):
             self._providers.insert(0, ("CUDAExecutionProvider", {"device_id": self._cuda_id}))
         self._session = self._new_session(data)
         # CPU when the CUDA provider is missing: inputs are then copied to the host and back.
-        self.execution_provider: str = self._session.get_providers()[0]
+        self.execution_provider = self._session.get_providers()[0]
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             raise ModelError(
@@ -69,6 +74,14 @@ class OnnxRuntime(Runtime):
         )
         self._layer_session: Any = None
         self._layer_ops: dict[str, str] = {}
+
+    def with_threads(self, threads: int) -> OnnxRuntime:
+        """The same graph in a session of its own with `threads` intra-op threads."""
+        if threads == self.threads:
+            return self
+        return OnnxRuntime(
+            self._proto, self._data, self.device, threads, self._label, backend=self.backend
+        )
 
     def _new_session(self, model: bytes) -> Any:
         try:

@@ -24,6 +24,9 @@ class TorchScriptRuntime(Runtime):
             warnings.simplefilter("ignore", DeprecationWarning)
             module = torch.jit.load(io.BytesIO(data), map_location=device)  # type: ignore[no-untyped-call]
         self._module = module.eval()
+        # runtimes.conversion exports a fresh copy: exporting runs a module with autograd on,
+        # and the JIT then keeps differentiable graphs that fail under inference mode.
+        self.archive = data
         args = self._module.forward.schema.arguments
         self.declared = DeclaredInput(
             None, None, None, None, None, args[1].name if len(args) > 1 else None
