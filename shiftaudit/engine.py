@@ -17,7 +17,7 @@ import torch
 
 from . import __version__
 from .config import AuditConfig, PreprocessConfig
-from .errors import ConfigError
+from .errors import ConfigError, ModelError
 from .files import sha256_file
 from .input_contract import check_input_shape
 from .layers import equivariance_profile
@@ -447,6 +447,9 @@ def _sweep(
     # chunk's statistics are absorbed only after the next chunk is queued on the device: the
     # host never waits for the device while the device has nothing queued.
     reduced: ChunkStats | None = None
+    # Rows whose outputs are not finite, per chunk, checked when the chunk is absorbed (the
+    # host waits for the device there anyway): NaN or Inf would read as invariance.
+    unfinite: tuple[torch.Tensor, range, torch.Tensor] | None = None
     first = _first_chunk(chunk_size, per_probe=per_probe, batch=batch)
     with ThreadPoolExecutor(max_workers=decode_workers(device)) as pool:
         chunks = list(_chunks(indices, first, chunk_size))
@@ -505,7 +508,9 @@ def _sweep(
                     _padded(np.array([probes.probes[i].label for i in chunk]), chunk_size), device
                 )
             if reduced is not None:
+                _refuse_unfinite(unfinite, plan, probes, per_probe)
                 accumulator.absorb(reduced)
+            unfinite = (~torch.isfinite(logits[:filled]).all(dim=1), chunk, columns)
             reduced = accumulator.reduce(
                 logp=logp.view(chunk_size, per_probe, -1),
                 shift_index=columns,
@@ -514,9 +519,32 @@ def _sweep(
                 names=[probes.probes[i].name for i in chunk],
             )
     if reduced is not None:
+        _refuse_unfinite(unfinite, plan, probes, per_probe)
         accumulator.absorb(reduced)
     inner = {stage: round(seconds, 4) for stage, seconds in clock.items()} if timed else {}
     return accumulator, num_classes, inner
+
+
+def _refuse_unfinite(
+    found: tuple[torch.Tensor, range, torch.Tensor] | None,
+    plan: ShiftPlan,
+    probes: ProbeSet,
+    per_probe: int,
+) -> None:
+    """ModelError naming the first probe and shift whose outputs hold NaN or Inf."""
+    if found is None:
+        return
+    bad_rows, chunk, columns = found
+    if not bool(bad_rows.any()):
+        return
+    row = int(torch.nonzero(bad_rows)[0])
+    probe, column = divmod(row, per_probe)
+    dy, dx = plan.shifts[int(columns[probe, column])]
+    raise ModelError(
+        f"the model's outputs contain NaN or Inf (probe {probes.probes[chunk[probe]].name} "
+        f"at shift ({dy:g}, {dx:g})): refusing to report on them; check the model and "
+        "preprocess (mean, std, value_scale)"
+    )
 
 
 def _padded(rows: np.ndarray, count: int) -> np.ndarray:

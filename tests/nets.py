@@ -187,3 +187,14 @@ class ChainNet(nn.Module):
             if self.log1p:
                 h = torch.log1p(h * 1e-6) * 1e6
         return self.head(h) * 10.0
+
+
+class UnfiniteNet(nn.Module):
+    """A classifier whose logits are NaN for every input: nothing about it is invariance."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.mean(dim=(2, 3))) * torch.log(x.mean() * 0.0 - 1.0)

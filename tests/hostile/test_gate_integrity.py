@@ -11,9 +11,12 @@ import sys
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.nets import GlobalPoolNet, export_program, phase_probes, zip_directory
+from shiftaudit.config import AuditConfig
+from shiftaudit.engine import run_audit
+from shiftaudit.errors import ModelError
+from tests.nets import GlobalPoolNet, UnfiniteNet, export_program, phase_probes, zip_directory
 from tests.service.conftest import record_audits
-from tests.service.test_audits_api import _auth
+from tests.service.test_audits_api import _auth, _wait
 
 # Python's json writes NaN and Infinity as JSON's non-standard tokens, as a hostile client.
 BAD_CONFIGS = [
@@ -147,3 +150,38 @@ def test_the_cli_refuses_a_bad_config_file_naming_the_field(tmp_path, config, fi
     assert result.returncode == 2
     assert f"invalid config: {field}" in result.stderr
     assert why in result.stderr
+
+
+def test_the_engine_refuses_to_report_on_nan_outputs(tmp_path):
+    """Before, NaN logits gave consistency 1.0 and passed a consistency gate."""
+    model = export_program(UnfiniteNet(), tmp_path / "nan.pt2")
+    probes = phase_probes(tmp_path / "probes", 3)
+    config = AuditConfig.model_validate({"preprocess": {"resize": 16}, "sweep": {"max_shift": 1}})
+    with pytest.raises(ModelError, match=r"NaN or Inf \(probe phase0000.png at shift \(-1, -1\)\)"):
+        run_audit(model, probes, config)
+
+
+def test_an_audit_of_a_nan_model_fails_with_the_reason(app_and_keys, tmp_path):
+    app, keys = app_and_keys
+    client = TestClient(app)
+    write = _auth(keys, "alpha-write")
+    model = export_program(UnfiniteNet(), tmp_path / "nan.pt2").read_bytes()
+    model_id = client.post(
+        "/v1/models", headers=write, data={"name": "nan"}, files={"file": ("m", model)}
+    ).json()["id"]
+    probes = zip_directory(phase_probes(tmp_path / "probes", 3))
+    probe_set_id = client.post(
+        "/v1/probe-sets", headers=write, data={"name": "p"}, files={"file": ("p", probes)}
+    ).json()["id"]
+    body = {
+        "model_id": model_id,
+        "probe_set_id": probe_set_id,
+        "config": {"preprocess": {"resize": 16}, "sweep": {"max_shift": 1}},
+        "policies": [],
+    }
+    created = client.post("/v1/audits", headers=write, json=body)
+    assert created.status_code == 202, created.text
+    audit = _wait(client, keys, created.json()["id"])
+    assert audit["status"] == "failed"
+    assert "the model's outputs contain NaN or Inf" in audit["error"]
+    assert audit["consistency"] is None
