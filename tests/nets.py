@@ -163,3 +163,21 @@ def zip_directory(directory: Path) -> bytes:
         for path in sorted(directory.iterdir()):
             bundle.write(path, path.name)
     return archive.getvalue()
+
+
+def export_onnx(module: nn.Module, path: Path, size: int = 16) -> Path:
+    """The module as ONNX (the TorchScript-based exporter, as export_all), dynamic batch."""
+    import warnings
+
+    with warnings.catch_warnings():  # the legacy exporter's notes on deprecation and folding
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            (torch.randn(2, 3, size, size),),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return path

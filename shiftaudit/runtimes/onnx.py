@@ -143,3 +143,14 @@ class OnnxRuntime(Runtime):
             if n in self._layer_ops
         ]
         return torch.from_numpy(np.asarray(outs[0])).to(self.device), layers
+
+    # --- Graph access for the layer profile (shiftaudit/profile) -------------------------
+
+    @property
+    def proto(self) -> onnx.ModelProto:
+        """The loaded model, to read its graph and to build rewritten copies of it."""
+        return self._proto
+
+    def session_for(self, model: bytes) -> Any:
+        """A session of a rewritten copy of this model, on the same providers and options."""
+        return self._new_session(model)
