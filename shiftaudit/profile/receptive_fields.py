@@ -436,9 +436,7 @@ def _reduce(
     spread = [a for a in (0, 1) if grid[a] > 1]
     role = None
     if spread and all(a in hit for a in spread):
-        role = RoleMark(
-            "global_pool", grid, f"{node.op_type} over the whole {grid[0]}x{grid[1]} map"
-        )
+        role = RoleMark("global_pool", grid, f"reduction over the whole {grid[0]}x{grid[1]} map")
     extras = state.extras if not hit else 0
     return state.with_axes(axes[0], axes[1], extras=extras), role
 
