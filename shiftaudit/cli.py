@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     schema.set_defaults(handler=_schema)
 
     example = commands.add_parser("example", help="write the bundled example model and probes")
+    example.add_argument("which", choices=["aliasing", "corner"], nargs="?", default="aliasing")
     example.add_argument("--out", type=Path, default=Path("build/example"))
     example.set_defaults(handler=_example)
     # Installed packages (the service) add their commands here; the engine imports none of them.
@@ -139,6 +140,11 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _example(args: argparse.Namespace) -> int:
+    if args.which == "corner":
+        from .corner import corner_lines, run_corner_experiment
+
+        print("\n".join(corner_lines(run_corner_experiment(args.out))))
+        return 0
     from .examples import write_example
 
     model, probes = write_example(args.out)
