@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shiftaudit.profile.geometry import geometry_of
-from shiftaudit.profile.ideal_shift import ideal_shift
+from shiftaudit.profile.ideal_shift import IdealShifter, ideal_shift
 from shiftaudit.profile.layer_profile import layer_profile
 from shiftaudit.runtimes import load_runtime
 
@@ -514,3 +514,17 @@ def test_the_profile_spends_no_more_passes_than_its_published_bound(tmp_path, mo
     strides = len({e.stride for e in profile.entries if e.stride is not None})
     assert profile.forward_passes is not None
     assert profile.forward_passes <= layer_profile_forward_passes(probes=2, strides=strides)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 3, 7, 9), (1, 2, 6, 5)])
+def test_the_real_fft_shift_equals_the_complex_definition_on_every_grid(shape):
+    """rfft2 with the Hermitian part of the ramp is exactly Re IDFT(DFT(F) R), also on the
+    Nyquist lines of even axes, where the two differ before R is made Hermitian."""
+    value = torch.randn(shape, dtype=torch.float64)
+    geometry = geometry_of(value.shape, size=(shape[2] * 2, shape[3] * 2), layout="NCHW")
+    assert geometry.spatial
+    shifter = IdealShifter(value, geometry)
+    for d in [(0.5, 0.0), (0.0, 0.5), (0.5, 0.5), (0.25, -1.5), (1 / 3, 2 / 3)]:
+        expected = _numpy_ideal_shift(value.numpy(), d)
+        np.testing.assert_allclose(shifter(d).numpy(), expected, atol=1e-12)
+        np.testing.assert_allclose(ideal_shift(value, d, geometry).numpy(), expected, atol=1e-12)

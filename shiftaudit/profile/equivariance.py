@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .geometry import Geometry, positions
-from .ideal_shift import ideal_shift
+from .geometry import positions
+from .ideal_shift import IdealShifter
 
 ON_GRID = ((1, 0), (0, 1), (1, 1))  # times j
 OFF_GRID: tuple[tuple[int, int], ...] = ((1, 0), (0, 1), (1, 1))
@@ -40,19 +40,40 @@ def output_shift(t: tuple[int, int], stride: int) -> tuple[float, float]:
 
 
 def shift_errors(
-    *, shifted: torch.Tensor, reference: torch.Tensor, t: tuple[int, int], geometry: Geometry
-) -> torch.Tensor:
-    """E(F, t) per probe: ||shifted - T_{t/j} reference|| / ||reference||, float64.
+    *,
+    shifted: torch.Tensor,
+    reference: IdealShifter,
+    t: tuple[int, int],
+    with_cosine: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """E(F, t) = ||shifted - T_{t/j} reference|| / ||reference|| per probe, and (on request)
+    the cosine of the two tensors; probes whose reference is all zeros are left out.
 
-    Probes whose reference is all zeros have no relative error and are left out.
+    T_{t/j} is computed in float64 (a roll, for whole shifts, moves values without rounding
+    them, so an exact equivariance gives exactly 0) and compared in the layer's precision.
+    The cosine follows from three norms: (|a|^2 + |e|^2 - |a - e|^2) / (2 |a| |e|).
     """
+    geometry, value = reference.geometry, reference.value
     assert geometry.stride is not None
-    expected = ideal_shift(reference.double(), output_shift(t, geometry.stride), geometry)
-    return relative_distance(
-        actual=positions(shifted.double(), geometry),
-        expected=positions(expected, geometry),
-        norm_of=positions(reference.double(), geometry),
-    )
+    count = value.shape[0]
+    expected = reference(output_shift(t, geometry.stride))  # float64 inside, value's dtype out
+    a = positions(shifted.to(value.dtype), geometry).reshape(count, -1)
+    e = positions(expected, geometry).reshape(count, -1)
+    norm = _norms(positions(value, geometry).reshape(count, -1))
+    distance = _norms(a - e)
+    keep = norm > 0
+    errors = (distance / norm)[keep]
+    if not with_cosine:
+        return errors, None
+    na, ne = _norms(a), _norms(e)
+    cosine = (na**2 + ne**2 - distance**2) / (2 * na * ne).clamp_min(torch.finfo(na.dtype).tiny)
+    return errors, cosine[keep]
+
+
+def _norms(rows: torch.Tensor) -> torch.Tensor:
+    """The Frobenius norm of each row, as float64."""
+    norms: torch.Tensor = torch.linalg.vector_norm(rows, dim=1)
+    return norms.double()
 
 
 def relative_distance(
@@ -60,24 +81,12 @@ def relative_distance(
 ) -> torch.Tensor:
     """||actual - expected|| / ||norm_of|| per probe (Frobenius over all but the batch axis)."""
     count = actual.shape[0]
-    norm = norm_of.reshape(count, -1).norm(dim=1)
-    distance = (actual - expected).reshape(count, -1).norm(dim=1)
+    norm = torch.linalg.vector_norm(norm_of.reshape(count, -1), dim=1, dtype=torch.float64)
+    distance = torch.linalg.vector_norm(
+        (actual - expected).reshape(count, -1), dim=1, dtype=torch.float64
+    )
     ratio: torch.Tensor = (distance / norm)[norm > 0]
     return ratio
-
-
-def cosines(
-    *, shifted: torch.Tensor, reference: torch.Tensor, t: tuple[int, int], geometry: Geometry
-) -> torch.Tensor:
-    """Cosine similarity of F(roll_t x) and T_{t/j} F(x) per probe (F(x) = 0 left out)."""
-    assert geometry.stride is not None
-    count = reference.shape[0]
-    expected = positions(
-        ideal_shift(reference.double(), output_shift(t, geometry.stride), geometry), geometry
-    ).reshape(count, -1)
-    actual = positions(shifted.double(), geometry).reshape(count, -1)
-    keep = positions(reference.double(), geometry).reshape(count, -1).norm(dim=1) > 0
-    return torch.nn.functional.cosine_similarity(actual, expected, dim=1)[keep]
 
 
 @dataclass

@@ -36,7 +36,6 @@ from .access import TORCHSCRIPT, Graph, open_graph
 from .equivariance import (
     OFF_GRID,
     ErrorSamples,
-    cosines,
     on_grid_shifts,
     output_shift,
     relative_distance,
@@ -46,7 +45,7 @@ from .findings import layer_findings
 from .geometry import NON_SPATIAL as NON_SPATIAL_GEOMETRY
 from .geometry import Geometry, geometry_of, positions
 from .graph import Concat, Shape, Shift, StaticGraph
-from .ideal_shift import ideal_shift
+from .ideal_shift import IdealShifter
 from .receptive_fields import (
     Field,
     FieldAnalysis,
@@ -158,26 +157,30 @@ def _deployed_errors(
     )
     if not strides:
         return
+    references = {
+        layer.name: IdealShifter(layer.value, geometries[layer.name])
+        for layer in reference
+        if geometries[layer.name].spatial
+    }
     for t in shifts:
         _, shifted = model.forward_with_layers(torch.roll(inputs, t, dims=dims))
         measured.passes += 1
-        for before, after in zip(reference, shifted, strict=True):
+        for after in shifted:
             name = after.name
             geometry = geometries[name]
             if geometry.stride is None:
                 continue
-            base = before.value
-            if t in on_grid[geometry.stride]:
-                measured.samples("on_grid", name).add(
-                    shift_errors(shifted=after.value, reference=base, t=t, geometry=geometry)
-                )
-                measured.samples("cosine", name).add(
-                    cosines(shifted=after.value, reference=base, t=t, geometry=geometry)
-                )
-            if t in OFF_GRID:
-                measured.samples("off_grid", name).add(
-                    shift_errors(shifted=after.value, reference=base, t=t, geometry=geometry)
-                )
+            on, off = t in on_grid[geometry.stride], t in OFF_GRID
+            if not (on or off):
+                continue
+            errors, cosine = shift_errors(
+                shifted=after.value, reference=references[name], t=t, with_cosine=on
+            )
+            if on and cosine is not None:
+                measured.samples("on_grid", name).add(errors)
+                measured.samples("cosine", name).add(cosine)
+            if off:
+                measured.samples("off_grid", name).add(errors)
 
 
 def _tainted(static: StaticGraph, refused: Mapping[str, str]) -> dict[str, str]:
@@ -283,15 +286,13 @@ def _aliasing(
             if name in measured.off_grid:
                 measured.aliasing[name] = measured.off_grid[name]
         return
+    references = {name: IdealShifter(base[name], geometries[name]) for name in names}
     for t in OFF_GRID:
         shifted = graph.run(torch.roll(inputs, t, dims=dims), torus=True, keep=set(names))
         measured.passes += 1
         for name in names:
-            measured.samples("aliasing", name).add(
-                shift_errors(
-                    shifted=shifted[name], reference=base[name], t=t, geometry=geometries[name]
-                )
-            )
+            errors, _ = shift_errors(shifted=shifted[name], reference=references[name], t=t)
+            measured.samples("aliasing", name).add(errors)
 
 
 def _local_aliasing(
@@ -327,37 +328,55 @@ def _local_aliasing(
     values = {name: [base[t] for t in outside[name]] for name in runnable}
     alone = graph.run_alone({name: (cones[name], values[name]) for name in runnable})
     measured.passes += 1
+    references = {name: IdealShifter(alone[name], geometries[name]) for name in runnable}
+    shifters: dict[str, IdealShifter] = {}  # of the inputs, shared by the nodes that read them
     for t in OFF_GRID:
-        feeds = {
-            name: (cones[name], _shifted_inputs(values[name], reads[name], t)) for name in runnable
-        }
-        moved = graph.run_alone(feeds)
+        moved = _moved_inputs(
+            base,
+            {name: list(zip(outside[name], reads[name], strict=True)) for name in runnable},
+            t,
+            shifters,
+        )
+        feeds = {name: (cones[name], moved[name]) for name in runnable}
+        outputs = graph.run_alone(feeds)
         measured.passes += 1
         for name in runnable:
             geometry = geometries[name]
             assert geometry.stride is not None
-            reference = alone[name].double()
-            expected = ideal_shift(reference, output_shift(t, geometry.stride), geometry)
+            reference = alone[name]
+            expected = references[name](output_shift(t, geometry.stride))  # float64 inside
             measured.samples("local", name).add(
                 relative_distance(
-                    actual=positions(moved[name].double(), geometry),
+                    actual=positions(outputs[name].to(reference.dtype), geometry),
                     expected=positions(expected, geometry),
                     norm_of=positions(reference, geometry),
                 )
             )
 
 
-def _shifted_inputs(
-    values: Sequence[Any], geometries: Sequence[Geometry | None], t: tuple[int, int]
-) -> list[Any]:
-    """T_{t/j_k} h_k for every spatial input h_k (at its own stride j_k); others unchanged."""
-    shifted = []
-    for value, geometry in zip(values, geometries, strict=True):
-        if geometry is None or geometry.stride is None:
-            shifted.append(value)
-        else:
-            shifted.append(ideal_shift(value, output_shift(t, geometry.stride), geometry))
-    return shifted
+def _moved_inputs(
+    base: Mapping[str, Any],
+    reads: Mapping[str, Sequence[tuple[str, Geometry | None]]],
+    t: tuple[int, int],
+    shifters: dict[str, IdealShifter],
+) -> dict[str, list[Any]]:
+    """T_{t/j_k} h_k for every spatial input h_k of every node, at the input's own stride;
+    weights, constants, sizes and non-spatial inputs unchanged. A tensor that several nodes
+    read is shifted once; `shifters` keeps its spectrum for the next t."""
+    shifted: dict[str, Any] = {}
+    result = {}
+    for name, inputs in reads.items():
+        values = []
+        for tensor, geometry in inputs:
+            if geometry is None or geometry.stride is None:
+                values.append(base[tensor])
+                continue
+            if tensor not in shifted:
+                shifter = shifters.setdefault(tensor, IdealShifter(base[tensor], geometry))
+                shifted[tensor] = shifter(output_shift(t, geometry.stride))
+            values.append(shifted[tensor])
+        result[name] = values
+    return result
 
 
 def _static_extents(shape: Shape | None, *, batch: int) -> list[int] | None:
