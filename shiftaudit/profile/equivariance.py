@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .geometry import positions
-from .ideal_shift import IdealShifter
+from .ideal_shift import IdealShifter, is_integer_shift
 
 ON_GRID = ((1, 0), (0, 1), (1, 1))  # times j
 OFF_GRID: tuple[tuple[int, int], ...] = ((1, 0), (0, 1), (1, 1))
@@ -49,23 +49,25 @@ def shift_errors(
     """E(F, t) = ||shifted - T_{t/j} reference|| / ||reference|| per probe, and (on request)
     the cosine of the two tensors; probes whose reference is all zeros are left out.
 
-    T_{t/j} is computed in float64 (a roll, for whole shifts, moves values without rounding
-    them, so an exact equivariance gives exactly 0) and compared in the layer's precision.
+    T_{t/j} is computed and compared in the layer's precision (a roll, for whole shifts, moves
+    values without rounding them, so an exact equivariance gives exactly 0).
     The cosine follows from three norms: (|a|^2 + |e|^2 - |a - e|^2) / (2 |a| |e|).
     """
     geometry, value = reference.geometry, reference.value
     assert geometry.stride is not None
     count = value.shape[0]
-    expected = reference(output_shift(t, geometry.stride))  # float64 inside, value's dtype out
+    d = output_shift(t, geometry.stride)
+    expected = reference(d)
     a = positions(shifted.to(value.dtype), geometry).reshape(count, -1)
     e = positions(expected, geometry).reshape(count, -1)
-    norm = _norms(positions(value, geometry).reshape(count, -1))
+    norm = reference.norms
     distance = _norms(a - e)
     keep = norm > 0
     errors = (distance / norm)[keep]
     if not with_cosine:
         return errors, None
-    na, ne = _norms(a), _norms(e)
+    # A roll keeps the norm; a fractional shift need not.
+    na, ne = _norms(a), norm if is_integer_shift(d) else _norms(e)
     cosine = (na**2 + ne**2 - distance**2) / (2 * na * ne).clamp_min(torch.finfo(na.dtype).tiny)
     return errors, cosine[keep]
 
@@ -74,19 +76,6 @@ def _norms(rows: torch.Tensor) -> torch.Tensor:
     """The Frobenius norm of each row, as float64."""
     norms: torch.Tensor = torch.linalg.vector_norm(rows, dim=1)
     return norms.double()
-
-
-def relative_distance(
-    *, actual: torch.Tensor, expected: torch.Tensor, norm_of: torch.Tensor
-) -> torch.Tensor:
-    """||actual - expected|| / ||norm_of|| per probe (Frobenius over all but the batch axis)."""
-    count = actual.shape[0]
-    norm = torch.linalg.vector_norm(norm_of.reshape(count, -1), dim=1, dtype=torch.float64)
-    distance = torch.linalg.vector_norm(
-        (actual - expected).reshape(count, -1), dim=1, dtype=torch.float64
-    )
-    ratio: torch.Tensor = (distance / norm)[norm > 0]
-    return ratio
 
 
 @dataclass

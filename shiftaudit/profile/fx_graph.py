@@ -397,6 +397,17 @@ class FxGraph:
             sizes = [int(s) for s in bound.get("split_sizes", bound.get("split_size", []))]
         return Shift(((dim, -sum(sizes[: item or 0])),))
 
+    def layer_names(self) -> list[str]:
+        """Every call whose value is a tensor of rank 3 or 4, in graph order: the tensors
+        `forward_with_layers` records."""
+        return [
+            node.name
+            for node in self.module.graph.nodes
+            if node.op == "call_function"
+            and isinstance(node.meta.get("val"), torch.Tensor)
+            and node.meta["val"].dim() in (3, 4)
+        ]
+
     # --- the torus variant ----------------------------------------------------------------
 
     def prepare_torus(self, analysis: FieldAnalysis) -> None:

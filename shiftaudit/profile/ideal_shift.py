@@ -10,7 +10,9 @@ exactly, so integer shifts are rolls here and carry no rounding at all.
 Computed with real FFTs: for a real map with spectrum X, Re IDFT(X R) = IDFT(X R_H) with the
 Hermitian part of the ramp, R_H[k] = (R[k] + conj R[-k]) / 2, which differs from R only on
 the Nyquist lines of even axes; X R_H is Hermitian, so its half spectrum (rfft2) and irfft2
-give the same numbers (to 1e-15) in half the work of complex FFTs.
+give the same numbers (to 1e-15 in float64) in half the work of complex FFTs. The FFTs run in
+the tensor's own precision (at least float32): for a float32 layer output their rounding,
+about 1e-7 relative, is that of the layer's own arithmetic, which float64 would not remove.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import math
 
 import torch
 
-from .geometry import Geometry, from_grid_view, grid_view
+from .geometry import Geometry, from_grid_view, grid_view, positions
 
 
 def is_integer_shift(d: tuple[float, float]) -> bool:
@@ -31,8 +33,7 @@ def is_integer_shift(d: tuple[float, float]) -> bool:
 def ideal_shift(value: torch.Tensor, d: tuple[float, float], geometry: Geometry) -> torch.Tensor:
     """T_d value: the positions of `value` moved by d = (d_y, d_x) samples, extras unchanged.
 
-    T_d F = Re IDFT( DFT(F) * exp(-2 pi i (k_y d_y / h + k_x d_x / w)) ), in `value`'s dtype
-    (computed in float64 when d is fractional).
+    T_d F = Re IDFT( DFT(F) * exp(-2 pi i (k_y d_y / h + k_x d_x / w)) ), in `value`'s dtype.
     """
     return IdealShifter(value, geometry)(d)
 
@@ -45,6 +46,15 @@ class IdealShifter:
             raise ValueError("the ideal shift needs a map or a token grid")
         self.value, self.geometry = value, geometry
         self._spectrum: torch.Tensor | None = None
+        self._norms: torch.Tensor | None = None
+
+    @property
+    def norms(self) -> torch.Tensor:
+        """||F|| per probe over the grid positions (float64), computed once."""
+        if self._norms is None:
+            rows = positions(self.value, self.geometry).reshape(self.value.shape[0], -1)
+            self._norms = torch.linalg.vector_norm(rows, dim=1).double()
+        return self._norms
 
     def __call__(self, d: tuple[float, float]) -> torch.Tensor:
         """T_d of the tensor, in its dtype."""
@@ -53,12 +63,14 @@ class IdealShifter:
             moved = torch.roll(grid, (int(d[0]), int(d[1])), dims=dims)
             return from_grid_view(moved, self.value, self.geometry)
         h, w = grid.shape[dims[0]], grid.shape[dims[1]]
+        precision = torch.promote_types(grid.dtype, torch.float32)
         if self._spectrum is None:
-            self._spectrum = torch.fft.rfft2(grid.to(torch.float64), dim=dims)
+            self._spectrum = torch.fft.rfft2(grid.to(precision), dim=dims)
         shape = [1] * grid.dim()
         shape[dims[0]], shape[dims[1]] = h, w // 2 + 1
         ramp = hermitian_ramp(h, w, (float(d[0]), float(d[1])), device=str(grid.device))
-        moved = torch.fft.irfft2(self._spectrum * ramp.reshape(shape), s=(h, w), dim=dims)
+        ramp = ramp.to(self._spectrum.dtype).reshape(shape)
+        moved = torch.fft.irfft2(self._spectrum * ramp, s=(h, w), dim=dims)
         return from_grid_view(moved.to(self.value.dtype), self.value, self.geometry)
 
 

@@ -18,32 +18,32 @@ for P probes and S distinct strides among the spatial layers:
   at most one forward pass.
 
 In all at most P (12 + 3 S) (`layer_profile_forward_passes`); without graph access
-(TorchScript) at most P (4 + 3 S). Each pass also keeps every intermediate output, and
-fractional ideal shifts cost one FFT per layer output and shift.
+(TorchScript) at most P (4 + 3 S). Each pass also keeps every intermediate output;
+fractional ideal shifts cost one real FFT per reference tensor (kept for its three shifts:
+about as much memory as the tensor) and one inverse per shift.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..report import LayerEntry, LayerProfile, ReceptiveField, TorusVariant
-from ..runtimes import LayerOutput, Runtime
+from ..runtimes import Runtime
 from .access import TORCHSCRIPT, Graph, open_graph
 from .equivariance import (
     OFF_GRID,
     ErrorSamples,
     on_grid_shifts,
     output_shift,
-    relative_distance,
     shift_errors,
 )
 from .findings import layer_findings
 from .geometry import NON_SPATIAL as NON_SPATIAL_GEOMETRY
-from .geometry import Geometry, geometry_of, positions
+from .geometry import Geometry, geometry_of
 from .graph import Concat, Shape, Shift, StaticGraph
 from .ideal_shift import IdealShifter
 from .receptive_fields import (
@@ -67,19 +67,25 @@ def layer_profile_forward_passes(*, probes: int, strides: int) -> int:
 
 @dataclass
 class _Measured:
-    """Per-layer error samples, and why a field has none."""
+    """Per-layer error samples by kind (on_grid, cosine, off_grid, aliasing, local), and why
+    a field has none."""
 
-    on_grid: dict[str, ErrorSamples] = field(default_factory=dict)
-    cosine: dict[str, ErrorSamples] = field(default_factory=dict)
-    off_grid: dict[str, ErrorSamples] = field(default_factory=dict)
-    aliasing: dict[str, ErrorSamples] = field(default_factory=dict)
-    local: dict[str, ErrorSamples] = field(default_factory=dict)
+    samples: dict[str, dict[str, ErrorSamples]] = field(
+        default_factory=lambda: {
+            k: {} for k in ("on_grid", "cosine", "off_grid", "aliasing", "local")
+        }
+    )
     reasons: dict[str, dict[str, str]] = field(default_factory=dict)
     passes: int = 0
 
-    def samples(self, kind: str, name: str) -> ErrorSamples:
-        """The samples of one kind for one layer, created on first use."""
-        return getattr(self, kind).setdefault(name, ErrorSamples())  # type: ignore[no-any-return]
+    def add(self, kind: str, name: str, values: torch.Tensor) -> None:
+        """Record per-probe values of one kind for one layer."""
+        self.samples[kind].setdefault(name, ErrorSamples()).add(values)
+
+    def mean(self, kind: str, name: str) -> float | None:
+        """The mean of one kind for one layer; None when nothing was measured."""
+        found = self.samples[kind].get(name)
+        return found.mean() if found is not None else None
 
     def why(self, name: str, field_name: str, reason: str) -> None:
         """Record why `field_name` of layer `name` is null (the first reason wins)."""
@@ -97,14 +103,14 @@ def layer_profile(
         )
     dims = (2, 3) if layout == "NCHW" else (1, 2)
     measured = _Measured()
-    _, reference = model.forward_with_layers(inputs)
+    graph, graph_reason = open_graph(model)
+    deployed = _deployed(model, graph, inputs)
     measured.passes += 1
-    values = {layer.name: layer.value for layer in reference}
+    values = deployed.reference
     geometries = {
         name: geometry_of(value.shape, size=size, layout=layout) for name, value in values.items()
     }
-    _deployed_errors(model, inputs, reference, geometries, measured, dims=dims)
-    graph, graph_reason = open_graph(model)
+    _deployed_errors(deployed, inputs, geometries, measured, dims=dims)
     analysis = None
     torus = TorusVariant(available=False, reason=graph_reason, rewritten=[], refused={})
     if graph is not None:
@@ -117,7 +123,7 @@ def layer_profile(
             for field_name in ("aliasing_error", "local_aliasing", "receptive_field"):
                 measured.why(name, field_name, graph_reason or TORCHSCRIPT)
     entries = _entries(
-        reference=[(layer.name, layer.op_type) for layer in reference],
+        reference=deployed.layers,
         values=values,
         geometries=geometries,
         measured=measured,
@@ -140,10 +146,46 @@ def layer_profile(
     )
 
 
+@dataclass
+class _Deployed:
+    """The deployed network's intermediate outputs (and those of the unshifted inputs)."""
+
+    layers: list[tuple[str, str]]  # (name, op type), in graph order
+    reference: dict[str, torch.Tensor]
+    run: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+
+
+def _deployed(model: Runtime, graph: Graph | None, inputs: torch.Tensor) -> _Deployed:
+    """The deployed network, run through the profile's own view of the graph where there is
+    one (ONNX, torch.export: the same float graph, in ONNX sessions whose threads do not spin
+    while torch works between runs), else through the runtime's `forward_with_layers`."""
+    if graph is not None:
+        names = graph.layer_names()
+        op_types = {node.name: node.op_type for node in graph.static.nodes}
+
+        def run_graph(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            values = graph.run(x, torus=False, keep=set(names))
+            return {name: _floating(values[name]) for name in names}
+
+        layers = [(name, op_types[name]) for name in names]
+        return _Deployed(layers, run_graph(inputs), run_graph)
+
+    def run_runtime(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {layer.name: layer.value for layer in model.forward_with_layers(x)[1]}
+
+    _, recorded = model.forward_with_layers(inputs)
+    layers = [(layer.name, layer.op_type) for layer in recorded]
+    return _Deployed(layers, {layer.name: layer.value for layer in recorded}, run_runtime)
+
+
+def _floating(value: torch.Tensor) -> torch.Tensor:
+    """Float32 for a floating tensor (as `forward_with_layers` records), else as it is."""
+    return value.float() if value.is_floating_point() else value
+
+
 def _deployed_errors(
-    model: Runtime,
+    deployed: _Deployed,
     inputs: torch.Tensor,
-    reference: Sequence[LayerOutput],
     geometries: Mapping[str, Geometry],
     measured: _Measured,
     *,
@@ -155,32 +197,30 @@ def _deployed_errors(
     shifts = list(
         dict.fromkeys([t for stride in strides for t in on_grid[stride]] + list(OFF_GRID))
     )
-    if not strides:
-        return
     references = {
-        layer.name: IdealShifter(layer.value, geometries[layer.name])
-        for layer in reference
-        if geometries[layer.name].spatial
+        name: IdealShifter(value, geometries[name])
+        for name, value in deployed.reference.items()
+        if geometries[name].spatial
     }
+    if not references:
+        return  # nothing to shift: no pass is spent
     for t in shifts:
-        _, shifted = model.forward_with_layers(torch.roll(inputs, t, dims=dims))
+        shifted = deployed.run(torch.roll(inputs, t, dims=dims))
         measured.passes += 1
-        for after in shifted:
-            name = after.name
-            geometry = geometries[name]
-            if geometry.stride is None:
-                continue
+        for name, reference in references.items():
+            geometry = reference.geometry
+            assert geometry.stride is not None
             on, off = t in on_grid[geometry.stride], t in OFF_GRID
             if not (on or off):
                 continue
             errors, cosine = shift_errors(
-                shifted=after.value, reference=references[name], t=t, with_cosine=on
+                shifted=shifted[name], reference=reference, t=t, with_cosine=on
             )
             if on and cosine is not None:
-                measured.samples("on_grid", name).add(errors)
-                measured.samples("cosine", name).add(cosine)
+                measured.add("on_grid", name, errors)
+                measured.add("cosine", name, cosine)
             if off:
-                measured.samples("off_grid", name).add(errors)
+                measured.add("off_grid", name, errors)
 
 
 def _tainted(static: StaticGraph, refused: Mapping[str, str]) -> dict[str, str]:
@@ -283,8 +323,8 @@ def _aliasing(
     rewrite changed nothing: the network is then its own torus variant)."""
     if not graph.rewritten:
         for name in names:
-            if name in measured.off_grid:
-                measured.aliasing[name] = measured.off_grid[name]
+            if name in measured.samples["off_grid"]:
+                measured.samples["aliasing"][name] = measured.samples["off_grid"][name]
         return
     references = {name: IdealShifter(base[name], geometries[name]) for name in names}
     for t in OFF_GRID:
@@ -292,7 +332,7 @@ def _aliasing(
         measured.passes += 1
         for name in names:
             errors, _ = shift_errors(shifted=shifted[name], reference=references[name], t=t)
-            measured.samples("aliasing", name).add(errors)
+            measured.add("aliasing", name, errors)
 
 
 def _local_aliasing(
@@ -343,15 +383,8 @@ def _local_aliasing(
         for name in runnable:
             geometry = geometries[name]
             assert geometry.stride is not None
-            reference = alone[name]
-            expected = references[name](output_shift(t, geometry.stride))  # float64 inside
-            measured.samples("local", name).add(
-                relative_distance(
-                    actual=positions(outputs[name].to(reference.dtype), geometry),
-                    expected=positions(expected, geometry),
-                    norm_of=positions(reference, geometry),
-                )
-            )
+            errors, _ = shift_errors(shifted=outputs[name], reference=references[name], t=t)
+            measured.add("local", name, errors)
 
 
 def _moved_inputs(
@@ -474,12 +507,12 @@ def _entry(
     if not geometry.spatial:
         for field_name in ("on_grid_error", "off_grid_error", "aliasing_error", "local_aliasing"):
             measured.why(name, field_name, NON_SPATIAL)
-    on_grid = measured.on_grid.get(name, ErrorSamples())
+    on_grid = measured.samples["on_grid"].get(name, ErrorSamples())
     values = {
         "on_grid_error": on_grid.mean(),
-        "off_grid_error": measured.off_grid.get(name, ErrorSamples()).mean(),
-        "aliasing_error": measured.aliasing.get(name, ErrorSamples()).mean(),
-        "local_aliasing": measured.local.get(name, ErrorSamples()).mean(),
+        "off_grid_error": measured.mean("off_grid", name),
+        "aliasing_error": measured.mean("aliasing", name),
+        "local_aliasing": measured.mean("local", name),
     }
     for field_name, value in values.items():
         if value is None:
@@ -503,7 +536,7 @@ def _entry(
         shifts=on_grid_shifts(geometry.stride) if geometry.stride is not None else [],
         relative_error=values["on_grid_error"],
         relative_error_max=on_grid.max(),
-        cosine=measured.cosine.get(name, ErrorSamples()).mean(),
+        cosine=measured.mean("cosine", name),
         on_grid_error=values["on_grid_error"],
         off_grid_error=values["off_grid_error"],
         aliasing_error=values["aliasing_error"],

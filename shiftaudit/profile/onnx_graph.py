@@ -570,6 +570,16 @@ class OnnxGraph:
             sizes = [size] * parts
         return Shift(((axis, -sum(int(s) for s in sizes[:index])),))
 
+    def layer_names(self) -> list[str]:
+        """Every node output of rank 3 or 4 that is not a model output, in graph order: the
+        tensors `forward_with_layers` records."""
+        outputs = {o.name for o in self.model.graph.output}
+        return [
+            node.name
+            for node in self.static.nodes
+            if node.name not in outputs and len(self._shapes.get(node.name, ())) in (3, 4)
+        ]
+
     # --- the torus variant ----------------------------------------------------------------
 
     def prepare_torus(self, analysis: FieldAnalysis) -> None:

@@ -92,9 +92,16 @@ class Field:
         """(y, x)."""
         return (self.y, self.x)
 
-    def with_axes(self, y: AxisField, x: AxisField, **changes: object) -> Field:
-        """A copy with new axis fields."""
-        return replace(self, y=y, x=x, **changes)  # type: ignore[arg-type]
+    def with_axes(
+        self, y: AxisField, x: AxisField, *, extras: int | None = None, note: str | None = None
+    ) -> Field:
+        """A copy with new axis fields (and, when given, new extras or note)."""
+        return Field(
+            y,
+            x,
+            self.extras if extras is None else extras,
+            self.note if note is None else note,
+        )
 
 
 @dataclass(frozen=True)
