@@ -528,3 +528,24 @@ def test_the_real_fft_shift_equals_the_complex_definition_on_every_grid(shape):
         expected = _numpy_ideal_shift(value.numpy(), d)
         np.testing.assert_allclose(shifter(d).numpy(), expected, atol=1e-12)
         np.testing.assert_allclose(ideal_shift(value, d, geometry).numpy(), expected, atol=1e-12)
+
+
+def test_shards_carry_the_profile_of_the_shard_that_holds_probe_zero(tmp_path):
+    from shiftaudit.config import AuditConfig
+    from shiftaudit.engine import merge_shards, sweep_shard
+
+    model = export_program(AliasingNet(), tmp_path / "m.pt2")
+    probes = noise_probes(tmp_path / "probes", 5)
+    config = AuditConfig.model_validate(
+        {
+            "preprocess": {"input_size": [16, 16], "resize": 16},
+            "bootstrap": 0,
+            "layers": {"probes": 2},
+        }
+    )
+    later, first = (sweep_shard(model, probes, config, probes=span) for span in ((2, 5), (0, 2)))
+    assert later.layers is None
+    assert first.layers is not None
+    assert first.layers.findings is not None
+    merged = merge_shards([later, first], config)
+    assert merged.layers == first.layers
