@@ -186,30 +186,30 @@ class TorusVariant(_Frozen):
 class AliasingBirth(_Frozen):
     """The node with the largest local_aliasing: where a one-pixel flip is born."""
 
-    node: str
-    op_type: str
-    local_aliasing: float
-    stride: int | None
+    node: str = Field(description="The layer entry's name (its output).")
+    op_type: str = Field(description="The node's op, as the entry has it.")
+    local_aliasing: float = Field(description="Its local_aliasing.")
+    stride: int | None = Field(description="Its output's stride j.")
 
 
 class FieldCoverage(_Frozen):
     """The first layer, in graph order, whose receptive field covers the input."""
 
-    node: str
-    op_type: str
-    size: tuple[float, float]
-    input_fraction: tuple[float, float]
-    stride: int | None
+    node: str = Field(description="The layer entry's name (its output).")
+    op_type: str = Field(description="The node's op, as the entry has it.")
+    size: tuple[float, float] = Field(description="Its receptive field size (y, x), pixels.")
+    input_fraction: tuple[float, float] = Field(description="size / input side (y, x), >= 1.")
+    stride: int | None = Field(description="Its output's stride j; None if non-spatial.")
 
 
 class RoleFinding(_Frozen):
     """A global_pool or a position_leak, with the map it reduces or reads."""
 
-    node: str
-    op_type: str
-    role: LayerRole
+    node: str = Field(description="The layer entry's name (its output).")
+    op_type: str = Field(description="The node's op, as the entry has it.")
+    role: LayerRole = Field(description="global_pool or position_leak.")
     map_size: tuple[int, int] = Field(description="h x w of the map reduced or read.")
-    detail: str
+    detail: str = Field(description="The role in words, e.g. 'dense head on a 4x4 map'.")
 
 
 class LayerFindings(_Frozen):
@@ -231,8 +231,11 @@ class LayerFindings(_Frozen):
         description="Set when no receptive field (and so no role) could be read at all: why; "
         "global_pools and position_leaks are then empty because nothing was analysed.",
     )
-    global_pools: list[RoleFinding]
-    position_leaks: list[RoleFinding]
+    global_pools: list[RoleFinding] = Field(description="Every global_pool, in graph order.")
+    position_leaks: list[RoleFinding] = Field(
+        description="Every position_leak, in graph order; empty: no dense layer reads a map of "
+        "more than one position (or, with fields_missing set, nothing was analysed)."
+    )
     summary: list[str] = Field(
         description="The diagnosis in two or three lines, as the CLI prints it."
     )
