@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shiftaudit.profile.geometry import geometry_of
+from shiftaudit.profile.geometry import geometry_of, positions
 from shiftaudit.profile.ideal_shift import IdealShifter, ideal_shift
 from shiftaudit.profile.layer_profile import layer_profile
 from shiftaudit.runtimes import load_runtime
@@ -549,3 +549,24 @@ def test_shards_carry_the_profile_of_the_shard_that_holds_probe_zero(tmp_path):
     assert first.layers.findings is not None
     merged = merge_shards([later, first], config)
     assert merged.layers == first.layers
+
+
+@pytest.mark.parametrize(
+    ("shape", "size", "layout"),
+    [
+        ((3, 4, 8, 8), (16, 16), "NCHW"),
+        ((3, 4, 7, 9), (14, 18), "NCHW"),
+        ((2, 6, 5, 3), (12, 10), "NHWC"),
+        ((2, 17, 5), (16, 16), "NCHW"),
+    ],
+    ids=["even", "odd", "nhwc", "tokens"],
+)
+def test_distances_by_parseval_equal_the_distance_on_the_grid(shape, size, layout):
+    reference = torch.randn(shape, dtype=torch.float64)
+    shifted = torch.randn(shape, dtype=torch.float64)
+    geometry = geometry_of(reference.shape, size=size, layout=layout)
+    shifter = IdealShifter(reference, geometry)
+    for d in [(0.5, 0.0), (0.5, 0.5), (1 / 3, -0.25), (1, 2)]:
+        grid_difference = positions(shifted, geometry) - positions(shifter(d), geometry)
+        expected = grid_difference.reshape(shape[0], -1).norm(dim=1)
+        torch.testing.assert_close(shifter.distances(shifted, d), expected, rtol=1e-12, atol=0)

@@ -49,25 +49,29 @@ def shift_errors(
     """E(F, t) = ||shifted - T_{t/j} reference|| / ||reference|| per probe, and (on request)
     the cosine of the two tensors; probes whose reference is all zeros are left out.
 
-    T_{t/j} is computed and compared in the layer's precision (a roll, for whole shifts, moves
-    values without rounding them, so an exact equivariance gives exactly 0).
-    The cosine follows from three norms: (|a|^2 + |e|^2 - |a - e|^2) / (2 |a| |e|).
+    Computed in the layer's precision: for whole shifts against the roll (which rounds
+    nothing, so an exact equivariance gives exactly 0), for fractional ones by Parseval in the
+    Fourier domain (`IdealShifter.distances`). The cosine follows from three norms:
+    (|a|^2 + |e|^2 - |a - e|^2) / (2 |a| |e|).
     """
     geometry, value = reference.geometry, reference.value
     assert geometry.stride is not None
-    count = value.shape[0]
     d = output_shift(t, geometry.stride)
-    expected = reference(d)
-    a = positions(shifted.to(value.dtype), geometry).reshape(count, -1)
-    e = positions(expected, geometry).reshape(count, -1)
+    shifted = shifted.to(value.dtype)
     norm = reference.norms
-    distance = _norms(a - e)
     keep = norm > 0
+    distance = reference.distances(shifted, d)
     errors = (distance / norm)[keep]
     if not with_cosine:
         return errors, None
+    count = value.shape[0]
+    na = _norms(positions(shifted, geometry).reshape(count, -1))
     # A roll keeps the norm; a fractional shift need not.
-    na, ne = _norms(a), norm if is_integer_shift(d) else _norms(e)
+    ne = (
+        norm
+        if is_integer_shift(d)
+        else _norms(positions(reference(d), geometry).reshape(count, -1))
+    )
     cosine = (na**2 + ne**2 - distance**2) / (2 * na * ne).clamp_min(torch.finfo(na.dtype).tiny)
     return errors, cosine[keep]
 

@@ -63,15 +63,56 @@ class IdealShifter:
             moved = torch.roll(grid, (int(d[0]), int(d[1])), dims=dims)
             return from_grid_view(moved, self.value, self.geometry)
         h, w = grid.shape[dims[0]], grid.shape[dims[1]]
-        precision = torch.promote_types(grid.dtype, torch.float32)
-        if self._spectrum is None:
-            self._spectrum = torch.fft.rfft2(grid.to(precision), dim=dims)
+        spectrum = self._spectrum_of()
         shape = [1] * grid.dim()
         shape[dims[0]], shape[dims[1]] = h, w // 2 + 1
         ramp = hermitian_ramp(h, w, (float(d[0]), float(d[1])), device=str(grid.device))
-        ramp = ramp.to(self._spectrum.dtype).reshape(shape)
-        moved = torch.fft.irfft2(self._spectrum * ramp, s=(h, w), dim=dims)
+        ramp = ramp.to(spectrum.dtype).reshape(shape)
+        moved = torch.fft.irfft2(spectrum * ramp, s=(h, w), dim=dims)
         return from_grid_view(moved.to(self.value.dtype), self.value, self.geometry)
+
+    def distances(self, shifted: torch.Tensor, d: tuple[float, float]) -> torch.Tensor:
+        """||shifted - T_d F|| per probe over the grid positions (float64), for fractional d
+        by Parseval on the half spectrum, without going back to the grid:
+
+            ||a - T_d f||^2 = (1 / (h w)) sum_k m_k |A_k - R_H[k] F_k|^2,
+
+        m_k = 1 on the columns k_x = 0 and (even w) k_x = w / 2, which rfft2 holds once, and 2
+        on the others, which stand for their conjugate twins too."""
+        if is_integer_shift(d):
+            count = shifted.shape[0]
+            difference = positions(shifted, self.geometry) - positions(self(d), self.geometry)
+            norms: torch.Tensor = torch.linalg.vector_norm(difference.reshape(count, -1), dim=1)
+            return norms.double()
+        grid, dims = grid_view(shifted, self.geometry)
+        h, w = grid.shape[dims[0]], grid.shape[dims[1]]
+        spectrum = self._spectrum_of()
+        ramp = hermitian_ramp(h, w, (float(d[0]), float(d[1])), device=str(grid.device))
+        shape = [1] * grid.dim()
+        shape[dims[0]], shape[dims[1]] = h, w // 2 + 1
+        residual = torch.fft.rfft2(grid.to(spectrum.real.dtype), dim=dims)
+        residual.addcmul_(spectrum, ramp.to(spectrum.dtype).reshape(shape), value=-1)
+        count = residual.shape[0]
+
+        def power(part: torch.Tensor) -> torch.Tensor:
+            flat = torch.view_as_real(part).reshape(count, -1)  # (re, im) pairs: a float norm
+            norms: torch.Tensor = torch.linalg.vector_norm(flat, dim=1)
+            return norms.double().square()
+
+        # Every column twice, less the columns rfft2 holds once (their twins are themselves).
+        total = 2 * power(residual) - power(residual.select(dims[1], 0))
+        if w % 2 == 0:
+            total = total - power(residual.select(dims[1], w // 2))
+        distance: torch.Tensor = (total.double() / (h * w)).clamp_min(0).sqrt()
+        return distance
+
+    def _spectrum_of(self) -> torch.Tensor:
+        """rfft2 of the grid positions, in the tensor's precision (at least float32), once."""
+        if self._spectrum is None:
+            grid, dims = grid_view(self.value, self.geometry)
+            precision = torch.promote_types(grid.dtype, torch.float32)
+            self._spectrum = torch.fft.rfft2(grid.to(precision), dim=dims)
+        return self._spectrum
 
 
 @functools.lru_cache(maxsize=256)
