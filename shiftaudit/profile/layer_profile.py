@@ -18,14 +18,16 @@ for P probes and S distinct strides among the spatial layers:
   at most one forward pass.
 
 In all at most P (12 + 3 S) (`layer_profile_forward_passes`); without graph access
-(TorchScript) at most P (4 + 3 S). Each pass also keeps every intermediate output;
-fractional ideal shifts cost one real FFT per reference tensor (kept for its three shifts:
-about as much memory as the tensor) and one inverse per shift.
+(TorchScript) at most P (4 + 3 S). Each pass also keeps every intermediate output; a
+fractional comparison costs one forward real FFT of the shifted output (by Parseval, against
+the reference's spectrum, taken once for its three shifts: about as much memory as the
+tensor), and each shifted input of a local run one inverse.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +48,7 @@ from .geometry import NON_SPATIAL as NON_SPATIAL_GEOMETRY
 from .geometry import Geometry, geometry_of
 from .graph import Concat, Shape, Shift, StaticGraph
 from .ideal_shift import IdealShifter
+from .onnx_graph import OnnxGraph
 from .receptive_fields import (
     Field,
     FieldAnalysis,
@@ -153,6 +156,7 @@ class _Deployed:
     layers: list[tuple[str, str]]  # (name, op type), in graph order
     reference: dict[str, torch.Tensor]
     run: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+    concurrent: bool = False  # whether a run may overlap the comparison of the previous one
 
 
 def _deployed(model: Runtime, graph: Graph | None, inputs: torch.Tensor) -> _Deployed:
@@ -168,7 +172,11 @@ def _deployed(model: Runtime, graph: Graph | None, inputs: torch.Tensor) -> _Dep
             return {name: _floating(values[name]) for name in names}
 
         layers = [(name, op_types[name]) for name in names]
-        return _Deployed(layers, run_graph(inputs), run_graph)
+        # ONNX Runtime releases the GIL and keeps no torch state: its next run can go on while
+        # the previous one is compared. (FX runs would need the caller's autocast and
+        # inference mode, which are thread-local.)
+        concurrent = isinstance(graph, OnnxGraph)
+        return _Deployed(layers, run_graph(inputs), run_graph, concurrent)
 
     def run_runtime(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {layer.name: layer.value for layer in model.forward_with_layers(x)[1]}
@@ -176,6 +184,27 @@ def _deployed(model: Runtime, graph: Graph | None, inputs: torch.Tensor) -> _Dep
     _, recorded = model.forward_with_layers(inputs)
     layers = [(layer.name, layer.op_type) for layer in recorded]
     return _Deployed(layers, {layer.name: layer.value for layer in recorded}, run_runtime)
+
+
+def _prefetched(
+    run: Callable[[tuple[int, int]], dict[str, Any]],
+    shifts: Sequence[tuple[int, int]],
+    *,
+    concurrent: bool,
+) -> Iterator[dict[str, Any]]:
+    """run(t) for each shift in order; when `concurrent`, the run of the next shift goes on in
+    a worker thread while the caller compares the current one (two runs' outputs are then
+    held at once)."""
+    if not concurrent:
+        yield from (run(t) for t in shifts)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(run, t) for t in shifts[:1]]
+        for i in range(len(shifts)):
+            result = pending.pop().result()
+            if i + 1 < len(shifts):
+                pending.append(pool.submit(run, shifts[i + 1]))
+            yield result
 
 
 def _floating(value: torch.Tensor) -> torch.Tensor:
@@ -204,8 +233,12 @@ def _deployed_errors(
     }
     if not references:
         return  # nothing to shift: no pass is spent
-    for t in shifts:
-        shifted = deployed.run(torch.roll(inputs, t, dims=dims))
+    runs = _prefetched(
+        lambda t: deployed.run(torch.roll(inputs, t, dims=dims)),
+        shifts,
+        concurrent=deployed.concurrent,
+    )
+    for t, shifted in zip(shifts, runs, strict=True):
         measured.passes += 1
         for name, reference in references.items():
             geometry = reference.geometry
@@ -327,8 +360,12 @@ def _aliasing(
                 measured.samples["aliasing"][name] = measured.samples["off_grid"][name]
         return
     references = {name: IdealShifter(base[name], geometries[name]) for name in names}
-    for t in OFF_GRID:
-        shifted = graph.run(torch.roll(inputs, t, dims=dims), torus=True, keep=set(names))
+    runs = _prefetched(
+        lambda t: graph.run(torch.roll(inputs, t, dims=dims), torus=True, keep=set(names)),
+        OFF_GRID,
+        concurrent=isinstance(graph, OnnxGraph),
+    )
+    for t, shifted in zip(OFF_GRID, runs, strict=True):
         measured.passes += 1
         for name in names:
             errors, _ = shift_errors(shifted=shifted[name], reference=references[name], t=t)

@@ -673,25 +673,34 @@ class OnnxGraph:
 
     def run(self, x: torch.Tensor, *, torus: bool, keep: set[str]) -> dict[str, Any]:
         """The values of the tensors in `keep`, deployed or on the torus variant."""
-        model = self.torus.model if torus and self.torus is not None else self.model
+        # A torus variant that changed nothing is the deployed model: one set of sessions.
+        variant = torus and self.torus is not None and bool(self.rewritten)
         names = sorted(keep - {self.input_name})
-        key = ("full", torus, tuple(names))
-        if key not in self._sessions:
-            exposed = onnx.ModelProto()
-            exposed.CopyFrom(model)
-            present = {o.name for o in exposed.graph.output}
-            exposed.graph.output.extend(
-                helper.make_empty_tensor_value_info(n) for n in names if n not in present
-            )
-            self._sessions[key] = self._session(exposed.SerializeToString())
-        session = self._sessions[key]
+        session = self._exposing(variant, names)
         feed = {self.input_name: _host(x, helper.tensor_dtype_to_np_dtype(self._input_type))}
-        outputs = [o.name for o in session.get_outputs()]
-        values = dict(zip(outputs, session.run(None, feed), strict=True))
-        result = {n: self._tensor(values[n]) for n in names}
+        values = session.run(names, feed)
+        result = {n: self._tensor(v) for n, v in zip(names, values, strict=True)}
         if self.input_name in keep:
             result[self.input_name] = x
         return result
+
+    def _exposing(self, variant: bool, names: Sequence[str]) -> Any:
+        """A session of the model (or its torus variant) whose outputs include `names`: one
+        built before for more outputs serves (ONNX Runtime runs the whole graph anyway)."""
+        for (kind, torus, exposed), session in self._sessions.items():
+            if kind == "full" and torus == variant and set(names) <= set(exposed):
+                return session
+        assert not variant or self.torus is not None
+        model = self.torus.model if variant and self.torus is not None else self.model
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        present = {o.name for o in copy.graph.output}
+        copy.graph.output.extend(
+            helper.make_empty_tensor_value_info(n) for n in names if n not in present
+        )
+        session = self._session(copy.SerializeToString())
+        self._sessions[("full", variant, tuple(names))] = session
+        return session
 
     def inputs_of(self, cone: Sequence[str]) -> tuple[str, ...]:
         """The tensors a run of `cone` (node outputs in graph order) reads from outside it,
