@@ -570,3 +570,29 @@ def test_distances_by_parseval_equal_the_distance_on_the_grid(shape, size, layou
         grid_difference = positions(shifted, geometry) - positions(shifter(d), geometry)
         expected = grid_difference.reshape(shape[0], -1).norm(dim=1)
         torch.testing.assert_close(shifter.distances(shifted, d), expected, rtol=1e-12, atol=0)
+
+
+class PoolIndices(nn.Module):
+    """Max pooling with indices, the integer index map read further on."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled, indices = F.max_pool2d(self.conv(x), 2, return_indices=True)
+        return (pooled + 1e-3 * indices.float()).mean((2, 3))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_integer_index_maps_are_compared_as_numbers_and_never_shifted(tmp_path, fmt):
+    profile = _profile(PoolIndices(), tmp_path, fmt)
+    assert profile.torus is not None
+    assert profile.torus.available, profile.torus.reason
+    maps = _maps(profile)
+    assert maps[0].local_aliasing is not None  # the conv, upstream of any index
+    assert all(e.aliasing_error is not None for e in maps)
+    readers = [e for e in maps if "integer values" in e.reasons.get("local_aliasing", "")]
+    assert readers, [e.reasons for e in maps]  # the cast of the indices to float
+    assert all(e.local_aliasing is None for e in readers)

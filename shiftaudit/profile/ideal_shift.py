@@ -44,7 +44,9 @@ class IdealShifter:
     def __init__(self, value: torch.Tensor, geometry: Geometry) -> None:
         if not geometry.spatial:
             raise ValueError("the ideal shift needs a map or a token grid")
-        self.value, self.geometry = value, geometry
+        # Integer maps (pooling indices) are compared as numbers, as the 1.1 profile did.
+        self.value = value if value.is_floating_point() else value.float()
+        self.geometry = geometry
         self._spectrum: torch.Tensor | None = None
         self._norms: torch.Tensor | None = None
 

@@ -61,6 +61,9 @@ from .receptive_fields import (
 NON_SPATIAL = "non-spatial output: no grid to shift"
 ZERO_OUTPUT = "the output is zero on every probe"
 NO_SPATIAL_INPUT = "no spatial input: nothing to shift"
+INTEGER_INPUT = (
+    "it reads integer values on a grid ({}, e.g. pooling indices), which no ideal shift moves"
+)
 
 
 def layer_profile_forward_passes(*, probes: int, strides: int) -> int:
@@ -208,8 +211,8 @@ def _prefetched(
 
 
 def _floating(value: torch.Tensor) -> torch.Tensor:
-    """Float32 for a floating tensor (as `forward_with_layers` records), else as it is."""
-    return value.float() if value.is_floating_point() else value
+    """As float32, as `forward_with_layers` records every layer (pooling indices included)."""
+    return value.float()
 
 
 def _deployed_errors(
@@ -396,7 +399,14 @@ def _local_aliasing(
     reads = {name: [input_geometry(t) for t in outside[name]] for name in cones}
     runnable = []
     for name in cones:
-        if any(g is not None for g in reads[name]):
+        integer = [
+            t
+            for t, g in zip(outside[name], reads[name], strict=True)
+            if g is not None and not base[t].is_floating_point()
+        ]
+        if integer:
+            measured.why(name, "local_aliasing", INTEGER_INPUT.format(integer[0]))
+        elif any(g is not None for g in reads[name]):
             runnable.append(name)
         else:
             measured.why(name, "local_aliasing", NO_SPATIAL_INPUT)
