@@ -55,12 +55,25 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def configure_example(parser: argparse.ArgumentParser) -> None:
-    """`example`: write the bundled example model and probes."""
+    """`example [aliasing|corner]`: the bundled example, or the corner experiment."""
+    parser.add_argument(
+        "which",
+        choices=["aliasing", "corner"],
+        nargs="?",
+        default="aliasing",
+        help="aliasing: write the example model and probes; corner: train, export and audit "
+        "the corner experiment's two classifiers (about half a minute on a CPU)",
+    )
     parser.add_argument("--out", type=Path, default=Path("build/example"))
     parser.set_defaults(handler=_example)
 
 
 def _example(args: argparse.Namespace) -> int:
+    if args.which == "corner":
+        from shiftaudit.corner import corner_lines, run_corner_experiment
+
+        print("\n".join(corner_lines(run_corner_experiment(args.out))))
+        return 0
     from shiftaudit.examples import write_example
 
     model, probes = write_example(args.out)

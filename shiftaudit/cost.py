@@ -5,7 +5,8 @@
     total  = sweep + layers
 
 P is the number of probes. The layer profile runs the model on its first p probes a fixed
-number of times per distinct cumulative stride of the network (`layer_profile_passes`);
+number of times per distinct cumulative stride of the network
+(`layer_profile_forward_passes`);
 the stride count is unknown before the graph is read, so the estimate bounds it by the
 strides a power-of-two network can have at this input, log2(min(H, W)) + 1. Tuning (timed
 once per model and device, then cached) is not counted. Pure: it imports no torch, so the
@@ -38,15 +39,16 @@ class AuditCost:
         return self.sweep_forward_passes + self.layer_forward_passes
 
 
-def layer_profile_passes(*, probes: int, strides: int) -> int:
-    """Forward passes of the layer profile on `probes` probes of a network with `strides`
-    distinct cumulative strides: the reference, 3 on-grid shifts per stride, and 3 off-grid
-    shifts, on the deployed network and on its torus variant (the local-aliasing runs of
-    single nodes cost at most another 3 passes)."""
-    deployed = 1 + 3 * strides + 3
-    torus = 1 + 3
-    local = 3
-    return probes * (deployed + torus + local)
+def layer_profile_forward_passes(*, probes: int, strides: int) -> int:
+    """Upper bound on the layer profile's cost in model-forward equivalents for `probes`
+    probes of a network with `strides` distinct strides: P (12 + 3 S).
+
+    The deployed network: a reference pass and one per shift of the on-grid sets of every
+    stride and the off-grid set (at most 3 S + 3); its torus variant: a reference and the 3
+    off-grid passes; local aliasing: 1 + 3 runs in which each node runs once
+    (`shiftaudit.profile.layer_profile` counts what it really spends).
+    """
+    return probes * (12 + 3 * strides)
 
 
 def audit_cost(
@@ -67,7 +69,7 @@ def audit_cost(
         probes=probes,
         evaluations_per_probe=per_probe,
         sweep_forward_passes=probes * per_probe,
-        layer_forward_passes=layer_profile_passes(probes=profiled, strides=strides),
+        layer_forward_passes=layer_profile_forward_passes(probes=profiled, strides=strides),
     )
 
 

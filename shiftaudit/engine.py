@@ -20,7 +20,6 @@ from .config import AuditConfig, PreprocessConfig
 from .errors import ConfigError, ModelError
 from .files import sha256_file
 from .input_contract import check_input_shape
-from .layers import equivariance_profile
 from .metrics import ChunkStats, SweepAccumulator
 from .model_files import ModelFormat
 from .preprocess import (
@@ -32,6 +31,7 @@ from .preprocess import (
     to_device,
 )
 from .probe_sets import ProbeSet, open_probe_set
+from .profile.layer_profile import layer_profile
 from .report import LayerProfile, Provenance, Report, ShardResult
 from .runtime_choice import CHECK_ROWS, choose_runtime
 from .runtimes import Runtime, load_runtime
@@ -629,4 +629,4 @@ def _layer_profile(
     images = [probes.load_image(i) for i in range(count)]
     pixels = normalise(sources(images, geometry, model.device))
     inputs = model_input(pixels, layout=layout, channels_last=False)
-    return equivariance_profile(model, inputs, layout=layout, size=size)
+    return layer_profile(model, inputs, layout=layout, size=size)

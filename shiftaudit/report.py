@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .config import AuditConfig, ShiftMode
 
-SCHEMA_VERSION: Final = "1.1"
+SCHEMA_VERSION: Final = "1.2"
 
 
 class _Frozen(BaseModel):
@@ -67,20 +67,178 @@ class ShiftMap(_Frozen):
     period: Period | None = Field(description="None unless the shifts form a full grid.")
 
 
+class ReceptiveField(_Frozen):
+    """The static receptive field of a layer's units, per image axis (y, x); added in 1.2.
+
+    Dang Ha The Hien's arithmetic read from the graph (science.md, report 1.2), with input
+    pixel i centred at i + 0.5, so the image spans [0, H] x [0, W].
+    """
+
+    size: tuple[float, float] = Field(
+        description="rf: the side of the input window one unit sees, in input pixels (y, x); "
+        "for a field that mixes all positions, the union of all units' windows."
+    )
+    jump: tuple[float, float] = Field(
+        description="Input pixels between adjacent units (y, x): the cumulative stride."
+    )
+    start: tuple[float, float] = Field(
+        description="Centre of the first unit's field in input pixels (y, x); unit i is "
+        "centred at start + i * jump. For a field that mixes all positions: the centre of the "
+        "field every unit shares."
+    )
+    input_fraction: tuple[float, float] = Field(
+        description="size / input side, (size_y / H, size_x / W); >= 1 on both axes: the field "
+        "covers the input."
+    )
+    border_fraction: float = Field(
+        description="Share of the layer's units (over the h x w grid) whose field reaches past "
+        "the image, i.e. that can see padding."
+    )
+    border_fraction_axes: tuple[float, float] = Field(
+        description="The same share per axis (y over h rows, x over w columns)."
+    )
+    mixes_all_positions: bool = Field(
+        description="Whether every unit's field is the union of all positions' fields (after "
+        "a global pool, a dense layer on a flattened map, attention over tokens, a "
+        "normalisation over positions)."
+    )
+    note: str | None = Field(
+        None,
+        description="Set where the inputs of an element-wise op disagree on jump or start.",
+    )
+
+
+LayerRole = Literal["global_pool", "position_leak"]
+
+
 class LayerEntry(_Frozen):
     name: str
     op_type: str
     shape: list[int] = Field(description="Output shape for the profile batch.")
     kind: Literal["map", "tokens", "non_spatial"]
-    stride: int | None = Field(description="H / h; None for non-spatial outputs.")
+    stride: int | None = Field(description="j = H / h; None for non-spatial outputs.")
     shifts: list[tuple[int, int]] = Field(
-        description="Circular input shifts used (multiples of s)."
+        description="Circular input shifts used on grid: (j, 0), (0, j), (j, j)."
     )
     relative_error: float | None = Field(
-        description="Mean over probes and shifts of ||F(roll_t x) - roll_{t/s} F(x)|| / ||F(x)||."
+        description="Mean over probes and shifts of ||F(roll_t x) - roll_{t/j} F(x)|| / ||F(x)||."
     )
     relative_error_max: float | None
     cosine: float | None = Field(description="Mean cosine similarity of the same two tensors.")
+    on_grid_error: float | None = Field(
+        None,
+        description="E(F, t) = ||F(roll_t x) - T_{t/j} F(x)|| / ||F(x)|| (Frobenius per probe) "
+        "averaged over probes and t in {(j, 0), (0, j), (j, j)}, on the deployed network: "
+        "equal to relative_error. Zero for a network that pads circularly, so it measures "
+        "border (padding) effects; added in 1.2.",
+    )
+    off_grid_error: float | None = Field(
+        None,
+        description="E(F, t) averaged over probes and the one-pixel moves t in {(1, 0), (0, 1), "
+        "(1, 1)}, T_{t/j} the ideal (Fourier) shift, on the deployed network: aliasing and "
+        "borders together; added in 1.2.",
+    )
+    aliasing_error: float | None = Field(
+        None,
+        description="off_grid_error of the torus variant (the same weights with every padding "
+        "made circular): aliasing alone; added in 1.2.",
+    )
+    local_aliasing: float | None = Field(
+        None,
+        description="The aliasing this node adds by itself, on the torus variant: "
+        "||f(T_{t/j_1} h_1, ...) - T_{t/j} f(h_1, ...)|| / ||f(h_1, ...)|| for the node f run "
+        "alone on its inputs h_k (strides j_k) shifted ideally, averaged over probes and the "
+        "off-grid t; added in 1.2.",
+    )
+    receptive_field: ReceptiveField | None = Field(
+        None, description="The static receptive field; added in 1.2."
+    )
+    role: LayerRole | None = Field(
+        None,
+        description="global_pool: the spatial axes are reduced here (invariance can appear); "
+        "position_leak: a dense layer reads a flattened map with more than one position, so "
+        "position can enter the decision; added in 1.2.",
+    )
+    role_detail: str | None = Field(
+        None, description="The role in words with its map size, e.g. 'dense layer on a 4x4 map'."
+    )
+    reasons: dict[str, str] = Field(
+        default_factory=dict,
+        description="Why a 1.2 field is null, keyed by field name (on_grid_error, "
+        "off_grid_error, aliasing_error, local_aliasing, receptive_field).",
+    )
+
+
+class TorusVariant(_Frozen):
+    """What the torus rewrite changed and refused; added in 1.2."""
+
+    available: bool = Field(description="Whether a torus variant could be built at all.")
+    reason: str | None = Field(description="Why not, when it could not.")
+    rewritten: list[str] = Field(
+        description="Layers whose padding the torus variant makes circular (same amounts)."
+    )
+    refused: dict[str, str] = Field(
+        description="Nodes the rewrite does not know or cannot make circular, with the reason; "
+        "aliasing_error and local_aliasing are null for them and every layer after them."
+    )
+
+
+class AliasingBirth(_Frozen):
+    """The node with the largest local_aliasing: where a one-pixel flip is born."""
+
+    node: str = Field(description="The layer entry's name (its output).")
+    op_type: str = Field(description="The node's op, as the entry has it.")
+    local_aliasing: float = Field(description="Its local_aliasing.")
+    stride: int | None = Field(description="Its output's stride j.")
+
+
+class FieldCoverage(_Frozen):
+    """The first layer, in graph order, whose receptive field covers the input."""
+
+    node: str = Field(description="The layer entry's name (its output).")
+    op_type: str = Field(description="The node's op, as the entry has it.")
+    size: tuple[float, float] = Field(description="Its receptive field size (y, x), pixels.")
+    input_fraction: tuple[float, float] = Field(description="size / input side (y, x), >= 1.")
+    stride: int | None = Field(description="Its output's stride j; None if non-spatial.")
+
+
+class RoleFinding(_Frozen):
+    """A global_pool or a position_leak, with the map it reduces or reads."""
+
+    node: str = Field(description="The layer entry's name (its output).")
+    op_type: str = Field(description="The node's op, as the entry has it.")
+    role: LayerRole = Field(description="global_pool or position_leak.")
+    map_size: tuple[int, int] = Field(description="h x w of the map reduced or read.")
+    detail: str = Field(description="The role in words, e.g. 'dense head on a 4x4 map'.")
+
+
+class LayerFindings(_Frozen):
+    """The diagnosis of the layer profile, each part with its numbers; added in 1.2."""
+
+    aliasing_born_at: AliasingBirth | None = Field(
+        description="The node with the largest local_aliasing, when that exceeds 1e-4."
+    )
+    aliasing_reason: str | None = Field(description="Why aliasing_born_at is null.")
+    aliasing_missing: str | None = Field(
+        None, description="Set when local aliasing could not be measured at all: why."
+    )
+    field_covers_input_at: FieldCoverage | None = Field(
+        description="The first layer whose field size is at least the input side on both axes."
+    )
+    field_reason: str | None = Field(description="Why field_covers_input_at is null.")
+    fields_missing: str | None = Field(
+        None,
+        description="Set when no receptive field (and so no role) could be read at all: why; "
+        "global_pools and position_leaks are then empty because nothing was analysed.",
+    )
+    global_pools: list[RoleFinding] = Field(description="Every global_pool, in graph order.")
+    position_leaks: list[RoleFinding] = Field(
+        description="Every position_leak, in graph order; empty: no dense layer reads a map of "
+        "more than one position (or, with fields_missing set, nothing was analysed)."
+    )
+    summary: list[str] = Field(
+        description="The diagnosis in two or three lines, as the CLI prints it."
+    )
 
 
 class LayerProfile(_Frozen):
@@ -88,6 +246,18 @@ class LayerProfile(_Frozen):
     reason: str | None = Field(description="Why the profile is missing or partial.")
     probes: int
     entries: list[LayerEntry]
+    off_grid_shifts: list[tuple[int, int]] = Field(
+        default_factory=list,
+        description="The input shifts of off_grid_error, aliasing_error and local_aliasing; "
+        "added in 1.2.",
+    )
+    torus: TorusVariant | None = Field(None, description="The torus variant; added in 1.2.")
+    forward_passes: int | None = Field(
+        None,
+        description="Model-forward equivalents the profile spent (forward passes of the whole "
+        "model, times the probes); added in 1.2.",
+    )
+    findings: LayerFindings | None = Field(None, description="The diagnosis; added in 1.2.")
 
 
 class PositionMap(_Frozen):
@@ -198,7 +368,11 @@ class Provenance(_Frozen):
 
 
 class Report(_Frozen):
-    schema_version: Literal["1.1"] = SCHEMA_VERSION
+    schema_version: str = Field(
+        SCHEMA_VERSION,
+        pattern=r"^1\.\d+$",
+        description="major.minor; readers accept every report of the same major version.",
+    )
     mode: ShiftMode
     estimator: Literal["exhaustive", "random_pairs"]
     input_size: tuple[int, int]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
+from shiftaudit.profile.findings import findings_lines
 from shiftaudit.report import Estimate, Report
 
 
@@ -69,15 +70,9 @@ def format_summary(report: Report) -> str:
     period = report.shift_map.period
     if period is not None:
         lines.append(f"{'period (dy, dx)':<22}{period.dy}, {period.dx}")
-    spatial = [e for e in report.layers.entries if e.relative_error is not None]
-    if spatial:
-        worst = max(spatial, key=lambda e: e.relative_error or 0.0)
-        lines.append(
-            f"{'layers profiled':<22}{len(spatial)}; largest equivariance error "
-            f"{worst.relative_error:.3g} at {worst.name} ({worst.op_type}, stride {worst.stride})"
-        )
-    elif not report.layers.available:
-        lines.append(f"{'layers':<22}not available: {report.layers.reason}")
+    lines += [
+        f"{'layers' if i == 0 else '':<22}{line}" for i, line in enumerate(findings_lines(report))
+    ]
     lines.append(
         f"{'device':<22}{prov.device}, batch {prov.batch_size} {prov.memory_format}, "
         f"{prov.wall_time_s:.1f}s"

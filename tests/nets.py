@@ -198,3 +198,21 @@ class UnfiniteNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x.mean(dim=(2, 3))) * torch.log(x.mean() * 0.0 - 1.0)
+
+
+def export_onnx(module: nn.Module, path: Path, size: int = 16) -> Path:
+    """The module as ONNX (the TorchScript-based exporter, as export_all), dynamic batch."""
+    import warnings
+
+    with warnings.catch_warnings():  # the legacy exporter's notes on deprecation and folding
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            (torch.randn(2, 3, size, size),),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+    return path

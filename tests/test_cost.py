@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shiftaudit.config import AuditConfig
-from shiftaudit.cost import audit_cost, check_geometry, layer_profile_passes
+from shiftaudit.cost import audit_cost, check_geometry, layer_profile_forward_passes
 from shiftaudit.errors import ConfigError
 from shiftaudit.shifts import plan_shifts
 
@@ -35,7 +35,7 @@ def test_an_audit_costs_its_sweep_and_its_layer_profile():
     assert cost.evaluations_per_probe == 25
     assert cost.sweep_forward_passes == 250
     # 32 px: strides 1, 2, 4, 8, 16, 32 at most, so 6; the first 3 probes are profiled.
-    assert cost.layer_forward_passes == layer_profile_passes(probes=3, strides=6)
+    assert cost.layer_forward_passes == layer_profile_forward_passes(probes=3, strides=6)
     assert cost.forward_passes == 250 + cost.layer_forward_passes
     sampled = AuditConfig.model_validate(
         {

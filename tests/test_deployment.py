@@ -51,6 +51,11 @@ BIN = Path(sys.executable).parent
 SECRETS = ("SHIFTAUDIT_SECRET_KEY", "POSTGRES_PASSWORD", "REDIS_PASSWORD")
 
 
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".*_cache"
+)
+
+
 def _parsed(command: list[str]) -> argparse.Namespace:
     """A `shiftaudit ...` command line as the CLI parses it."""
     return parser_for(command[1:]).parse_args(command[1:])
@@ -378,6 +383,9 @@ def test_the_migration_job_runs_the_installed_migrate_command(rendered, tmp_path
 
 
 def test_the_wheel_carries_the_migrations(tmp_path):
+    # Built from a copy: a build writes build/ and *.egg-info into the tree it builds.
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT, checkout, ignore=_NOT_SOURCE)
     built = subprocess.run(
         [
             BIN / "python",
@@ -389,7 +397,7 @@ def test_the_wheel_carries_the_migrations(tmp_path):
             "-q",
             "-w",
             str(tmp_path),
-            str(ROOT),
+            str(checkout),
         ],
         capture_output=True,
         text=True,

@@ -27,6 +27,10 @@ LIGHT_ENGINE = {
     "shiftaudit.config_args",
     "shiftaudit.errors",
     "shiftaudit.files",
+    "shiftaudit.profile",
+    "shiftaudit.profile.findings",
+    "shiftaudit.profile.graph",
+    "shiftaudit.profile.receptive_fields",
     "shiftaudit.report",
     "shiftaudit.terminal",
 }

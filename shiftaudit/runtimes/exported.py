@@ -95,3 +95,10 @@ class ExportedRuntime(Runtime):
         with torch.no_grad():
             out = recorder.run(x)
         return out, recorder.layers
+
+    # --- Graph access for the layer profile (shiftaudit/profile) -------------------------
+
+    @property
+    def graph_module(self) -> torch.fx.GraphModule:
+        """The module this runtime runs: its graph is read, and interpreted node by node."""
+        return self._gm

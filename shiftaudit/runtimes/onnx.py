@@ -146,3 +146,25 @@ class OnnxRuntime(Runtime):
             if n in self._layer_ops
         ]
         return torch.from_numpy(np.asarray(outs[0])).to(self.device), layers
+
+    # --- Graph access for the layer profile (shiftaudit/profile) -------------------------
+
+    @property
+    def proto(self) -> onnx.ModelProto:
+        """The loaded model, to read its graph and to build rewritten copies of it."""
+        return self._proto
+
+    def session_for(self, model: bytes) -> Any:
+        """A session of a rewritten copy of this model, on the same providers and threads.
+
+        Its threads do not spin while idle: the layer profile alternates these sessions with
+        torch work on the same cores, which spinning threads would slow down.
+        """
+        options = ort.SessionOptions()
+        options.log_severity_level = self._options.log_severity_level
+        options.intra_op_num_threads = self._options.intra_op_num_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            return ort.InferenceSession(model, options, providers=self._providers)
+        except Exception as exc:
+            raise ModelError(f"{self._label}: ONNX Runtime cannot load the model: {exc}") from exc

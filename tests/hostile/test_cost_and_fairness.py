@@ -14,7 +14,7 @@ from sqlalchemy import select
 from service.audits.tables import AuditShard
 from service.settings import TeamLimits
 from shiftaudit.config import AuditConfig
-from shiftaudit.cost import layer_profile_passes
+from shiftaudit.cost import layer_profile_forward_passes
 from shiftaudit.shifts import plan_shifts
 from tests.hostile.inputs import uploaded_ids
 from tests.service.conftest import record_audits
@@ -47,7 +47,7 @@ def test_the_estimate_is_the_sweep_the_engine_would_run_and_its_layer_profile(
     found = estimate.json()
     config = AuditConfig.model_validate(CONFIG)
     shifts = plan_shifts(config.sweep, (16, 16)).count  # the engine's own sweep: 25 shifts
-    layers = layer_profile_passes(probes=4, strides=5)  # 4 probes profiled, strides 1..16
+    layers = layer_profile_forward_passes(probes=4, strides=5)  # 4 probes profiled, strides 1..16
     assert found["sweep_forward_passes"] == 8 * shifts
     assert found["layer_forward_passes"] == layers
     assert found["forward_passes"] == 8 * shifts + layers
