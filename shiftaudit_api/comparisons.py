@@ -8,6 +8,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from shiftaudit.comparison import Delta, McNemar
+from shiftaudit.report import LayerFindings
 from shiftaudit_api.audits import AuditOut
 
 
@@ -18,11 +19,33 @@ class ShiftMapDifference(BaseModel):
     difference: list[float | None] = Field(description="candidate - baseline agreement")
 
 
+class LayerValues(BaseModel):
+    """One layer's numbers in one audit (report 1.2; null where the report has none)."""
+
+    on_grid_error: float | None
+    off_grid_error: float | None
+    aliasing_error: float | None
+    local_aliasing: float | None
+    field_fraction: float | None = Field(
+        description="the receptive field as a share of the input, the smaller axis's"
+    )
+    role: str | None
+
+
 class LayerDifference(BaseModel):
     name: str
     baseline_relative_error: float | None
     candidate_relative_error: float | None
     difference: float | None = Field(description="candidate - baseline relative error")
+    baseline: LayerValues
+    candidate: LayerValues
+
+
+class FindingsPair(BaseModel):
+    """The two layer profiles' diagnoses side by side (null for reports before 1.2)."""
+
+    baseline: LayerFindings | None
+    candidate: LayerFindings | None
 
 
 class CandidateComparison(BaseModel):
@@ -35,6 +58,7 @@ class CandidateComparison(BaseModel):
         description="agreement per shift side by side; null when the shift sets differ"
     )
     layers: list[LayerDifference] = Field(description="layers present in both, by name")
+    findings: FindingsPair
 
 
 class TrendPoint(BaseModel):

@@ -16,12 +16,14 @@ from shiftaudit.compare import compare
 from shiftaudit.comparison import HIGHER_IS_BETTER
 from shiftaudit.config import AuditConfig
 from shiftaudit.engine import probe_values
-from shiftaudit.report import Report, ShardResult
+from shiftaudit.report import LayerEntry, Report, ShardResult
 from shiftaudit_api.audits import AuditOut, AuditStatus
 from shiftaudit_api.comparisons import (
     CandidateComparison,
     ComparisonOut,
+    FindingsPair,
     LayerDifference,
+    LayerValues,
     ShiftMapDifference,
     TrendPoint,
 )
@@ -72,6 +74,10 @@ def compare_audits(*, session: Session, team_id: uuid.UUID, ids: list[uuid.UUID]
                 mcnemar=result.mcnemar,
                 shift_map=_shift_maps(reports[baseline.id], reports[candidate.id]),
                 layers=_layers(reports[baseline.id], reports[candidate.id]),
+                findings=FindingsPair(
+                    baseline=reports[baseline.id].layers.findings,
+                    candidate=reports[candidate.id].layers.findings,
+                ),
             )
         )
     return ComparisonOut(
@@ -164,9 +170,23 @@ def _layers(baseline: Report, candidate: Report) -> list[LayerDifference]:
                 baseline_relative_error=b,
                 candidate_relative_error=c,
                 difference=None if b is None or c is None else c - b,
+                baseline=_values(base[entry.name]),
+                candidate=_values(entry),
             )
         )
     return differences
+
+
+def _values(entry: LayerEntry) -> LayerValues:
+    field = entry.receptive_field
+    return LayerValues(
+        on_grid_error=entry.on_grid_error,
+        off_grid_error=entry.off_grid_error,
+        aliasing_error=entry.aliasing_error,
+        local_aliasing=entry.local_aliasing,
+        field_fraction=None if field is None else min(field.input_fraction),
+        role=entry.role,
+    )
 
 
 def regression_reasons(

@@ -143,10 +143,32 @@ def test_report_page_draws_every_chart_from_the_report(server: Server, page):
     tab.select_option("#phase-period", "3")
     tab.wait_for_function("() => document.getElementById('chart-phase').data[0].z.length === 3")
 
+    # The layer view: depth on x, the errors as lines, local aliasing as bars, the field on a
+    # second axis, each trace the report's own numbers; the findings marked and listed.
     layers = _plotted(tab, "chart-layers")
-    entries = report["layers"]["entries"]
-    assert layers[0]["y"] == [e["relative_error"] for e in entries]
-    assert layers[1]["y"] == [e["cosine"] for e in entries]
+    profile = report["layers"]
+    entries = profile["entries"]
+    assert layers[0]["y"] == [e["relative_error"] for e in entries]  # = on_grid_error
+    assert [e["on_grid_error"] for e in entries] == [e["relative_error"] for e in entries]
+    assert layers[1]["y"] == [e["aliasing_error"] for e in entries]
+    assert layers[2]["y"] == [e["off_grid_error"] for e in entries]
+    assert layers[3]["y"] == [e["local_aliasing"] for e in entries]
+    assert layers[3]["type"] == "bar"
+    fields = [e["receptive_field"] for e in entries]
+    assert layers[4]["y"] == [min(f["input_fraction"]) if f else None for f in fields]
+    assert layers[0]["x"] == list(range(len(entries)))
+    findings = profile["findings"]
+    assert tab.inner_text("#layer-findings").splitlines() == findings["summary"]
+    born = next(
+        i for i, e in enumerate(entries) if e["name"] == findings["aliasing_born_at"]["node"]
+    )
+    shapes = tab.evaluate("() => document.getElementById('chart-layers').layout.shapes")
+    marked = [s["x0"] for s in shapes if s["type"] == "line" and s.get("xref") == "x"]
+    assert born in marked
+    # One shaded band per stride stage: each run of layers at one stride along depth.
+    runs = [e["stride"] or e["kind"] for i, e in enumerate(entries)]
+    stages = sum(1 for i, run in enumerate(runs) if i == 0 or run != runs[i - 1])
+    assert len([s for s in shapes if s["type"] == "rect"]) == stages > 1
 
     cases = report["worst_cases"]
     assert cases, "the aliasing net must have worst cases"
@@ -211,6 +233,16 @@ def test_compare_flow_by_clicking(server: Server, page):
     assert tab.get_attribute("#mcnemar-1", "data-significant") == "true"
     layers = _plotted(tab, "chart-layers-1")
     assert layers[1]["y"] == [layer["candidate_relative_error"] for layer in comparison["layers"]]
+    assert layers[3]["y"] == [
+        layer["candidate"]["aliasing_error"] for layer in comparison["layers"]
+    ]
+    assert layers[5]["y"] == [
+        layer["candidate"]["local_aliasing"] for layer in comparison["layers"]
+    ]
+    pair = comparison["findings"]
+    baseline, candidate = tab.inner_text("#findings-1").split("candidate")
+    assert all(line in baseline for line in pair["baseline"]["summary"])
+    assert all(line in candidate for line in pair["candidate"]["summary"])
 
     # The trend of the baseline's model, oldest version first.
     assert tab.input_value("#trend-model") == "tiny-net"

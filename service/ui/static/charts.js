@@ -149,6 +149,39 @@
     return { node, draw };
   }
 
+  // The stride stages along depth: runs of layers with the same cumulative stride.
+  SA.strideStages = function (entries) {
+    const stages = [];
+    entries.forEach((e, i) => {
+      const label = e.stride ? `stride ${e.stride}` : e.kind === "non_spatial" ? "flat" : e.kind;
+      const last = stages[stages.length - 1];
+      if (last && last.label === label) last.to = i;
+      else stages.push({ label, from: i, to: i });
+    });
+    return stages;
+  };
+
+  // Where the report's findings point, as layer indices along depth.
+  SA.findingMarks = function (layers) {
+    const f = layers.findings;
+    if (!f) return [];
+    const index = new Map(layers.entries.map((e, i) => [e.name, i]));
+    const marks = [];
+    const mark = (node, kind, text) => { if (node && index.has(node)) marks.push({ x: index.get(node), kind, text }); };
+    if (f.aliasing_born_at) mark(f.aliasing_born_at.node, "aliasing", `aliasing born (local ${SA.num(f.aliasing_born_at.local_aliasing, 3)})`);
+    if (f.field_covers_input_at) mark(f.field_covers_input_at.node, "field", "field covers the input");
+    for (const pool of f.global_pools || []) mark(pool.node, "pool", "global pool");
+    for (const leak of f.position_leaks || []) mark(leak.node, "leak", `position leak (${leak.detail})`);
+    return marks;
+  };
+
+  const MARK_COLOURS = { aliasing: "#c92a2a", field: "#1864ab", pool: "#2b8a3e", leak: "#862e9c" };
+
+  function fieldFraction(e) {
+    const f = e.receptive_field;
+    return f ? Math.min(f.input_fraction[0], f.input_fraction[1]) : null;
+  }
+
   function layerChart(report) {
     const layers = report.layers;
     if (!layers) return null;
@@ -156,31 +189,60 @@
       return SA.panel("Per-layer equivariance", null, el("p", { class: "muted", text: layers.reason || "No layer profile in this report." }));
     }
     const entries = layers.entries;
-    const ticks = entries.map((e) => SA.plotText(e.name) + "<br>" + (e.stride ? `s${e.stride}` : e.kind === "non_spatial" ? "flat" : e.kind));
     const x = entries.map((_, i) => i);
-    const hover = entries.map((e) => [
-      SA.plotText(e.name), SA.plotText(e.op_type), `kind ${e.kind}, stride ${e.stride ?? "—"}`,
-      `shape ${e.shape.join("×")}`, `max error ${SA.num(e.relative_error_max)}`,
-    ].join("<br>"));
+    const value = (name) => entries.map((e) => (e[name] === undefined ? null : e[name]));
+    const on = entries.map((e) => (e.on_grid_error === undefined || e.on_grid_error === null ? e.relative_error : e.on_grid_error));
+    const hover = entries.map((e, i) => [
+      `#${i} ${SA.plotText(e.name)}`, SA.plotText(e.op_type), `stride ${e.stride ?? "—"} · shape ${e.shape.join("×")}`,
+      `on grid ${SA.num(on[i])} · off grid ${SA.num(e.off_grid_error)}`,
+      `aliasing ${SA.num(e.aliasing_error)} · local ${SA.num(e.local_aliasing)}`,
+      `field ${e.receptive_field ? e.receptive_field.size.map((s) => SA.num(s)).join("×") : "—"} (${SA.num(fieldFraction(e))} of the input)`,
+      e.role_detail ? SA.plotText(e.role_detail) : null,
+      ...Object.entries(e.reasons || {}).map(([k, v]) => `${k}: ${SA.plotText(v)}`.slice(0, 160)),
+    ].filter(Boolean).join("<br>"));
+    const stages = SA.strideStages(entries);
+    const marks = SA.findingMarks(layers);
+    const findings = layers.findings && layers.findings.summary && layers.findings.summary.length
+      ? el("ul", { class: "findings", attrs: { id: "layer-findings" } }, layers.findings.summary.map((line) => el("li", { text: line })))
+      : null;
     const chart = el("div", { class: "chart wide", attrs: { id: "chart-layers" } });
-    const node = SA.panel("Per-layer equivariance",
-      `‖F(roll_t x) − roll_{t/s} F(x)‖ / ‖F(x)‖ for circular shifts t that are multiples of the layer's stride s, over ${layers.probes} probes; with the cosine similarity of the same tensors. Where the error jumps, a strided layer aliases.` +
+    const node = SA.panel("Where invariance breaks",
+      `Every layer along depth, grouped by stride stage (science.md, report 1.2), over ${layers.probes} probes: the error under shifts by multiples of its stride (on grid: borders), under one-pixel shifts (off grid: aliasing and borders), and on the network with circular padding (aliasing alone); bars: the aliasing each node adds by itself; dotted, right axis: the receptive field as a share of the input.` +
         (layers.reason ? ` Note: ${layers.reason}` : ""),
-      chart);
+      findings, chart);
+    const line = (name, label, y, colour, dash) => ({
+      type: "scatter", mode: "lines+markers", name: label, x, y, connectgaps: false,
+      line: { color: colour, width: 2, dash: dash || "solid" }, marker: { size: 4 },
+      hovertext: hover, hovertemplate: `%{hovertext}<extra>${label}</extra>`, meta: name,
+    });
     return {
       node,
       draw() {
+        const top = Math.max(...[on, value("off_grid_error"), value("aliasing_error"), value("local_aliasing")].flat().filter((v) => v !== null), 1e-3);
         SA.plot(chart, [
-          { type: "bar", name: "relative error", x, y: entries.map((e) => e.relative_error), marker: { color: "#d9480f" }, hovertext: hover, hovertemplate: "%{hovertext}<br>relative error %{y:.4f}<extra></extra>" },
-          { type: "scatter", mode: "lines+markers", name: "cosine", x, y: entries.map((e) => e.cosine), yaxis: "y2", line: { color: "#1c7ed6" }, hovertext: hover, hovertemplate: "%{hovertext}<br>cosine %{y:.4f}<extra></extra>" },
+          line("on_grid_error", "on grid (borders)", on, "#868e96"),
+          line("aliasing_error", "aliasing (torus)", value("aliasing_error"), "#e8590c"),
+          line("off_grid_error", "off grid (deployed)", value("off_grid_error"), "#1971c2", "dash"),
+          { type: "bar", name: "local aliasing", x, y: value("local_aliasing"), marker: { color: "rgba(201, 42, 42, 0.55)" }, hovertext: hover, hovertemplate: "%{hovertext}<extra>local aliasing</extra>", meta: "local_aliasing" },
+          { type: "scatter", mode: "lines", name: "field / input", x, y: entries.map(fieldFraction), yaxis: "y2", connectgaps: false, line: { color: "#2f9e44", dash: "dot", width: 2 }, hovertext: hover, hovertemplate: "%{hovertext}<extra>field / input</extra>", meta: "field_fraction" },
         ], {
-          height: 380,
-          margin: { l: 56, r: 56, t: 16, b: 96 },
-          xaxis: { tickmode: "array", tickvals: x, ticktext: ticks, tickangle: entries.length > 8 ? -40 : 0 },
-          yaxis: { title: { text: "relative error" }, rangemode: "tozero" },
-          yaxis2: { title: { text: "cosine" }, overlaying: "y", side: "right", showgrid: false, tickformat: ".2f", range: [Math.min(0.9, Math.floor(10 * Math.min(...entries.map((e) => e.cosine ?? 1))) / 10), 1.005] },
-          legend: { orientation: "h", y: 1.08, x: 0 },
-          bargap: 0.35,
+          height: 440,
+          margin: { l: 56, r: 64, t: 40, b: 48 },
+          xaxis: { title: { text: "depth (layer index)" }, range: [-0.5, entries.length - 0.5], zeroline: false },
+          yaxis: { title: { text: "relative error" }, rangemode: "tozero", range: [0, 1.08 * top] },
+          yaxis2: { title: { text: "field / input" }, overlaying: "y", side: "right", showgrid: false, rangemode: "tozero" },
+          legend: { orientation: "h", y: -0.16, x: 0 },
+          bargap: 0.15,
+          hovermode: "closest",
+          shapes: [
+            ...stages.map((s, k) => ({ type: "rect", xref: "x", yref: "paper", x0: s.from - 0.5, x1: s.to + 0.5, y0: 0, y1: 1, fillcolor: k % 2 ? "rgba(0,0,0,0)" : "rgba(134, 142, 150, 0.08)", line: { width: 0 }, layer: "below" })),
+            { type: "line", xref: "paper", yref: "y2", x0: 0, x1: 1, y0: 1, y1: 1, line: { color: "#2f9e44", width: 1, dash: "dot" } },
+            ...marks.map((m) => ({ type: "line", xref: "x", yref: "paper", x0: m.x, x1: m.x, y0: 0, y1: 1, line: { color: MARK_COLOURS[m.kind], width: 1.5, dash: "dash" } })),
+          ],
+          annotations: [
+            ...stages.map((s) => ({ xref: "x", yref: "paper", x: (s.from + s.to) / 2, y: 1.0, yanchor: "bottom", text: SA.plotText(s.label), showarrow: false, font: { size: 10, color: "#495057" } })),
+            ...marks.map((m, k) => ({ xref: "x", yref: "paper", x: m.x, y: 0.92 - 0.07 * (k % 4), xanchor: "left", text: SA.plotText(m.text), showarrow: false, font: { size: 10, color: MARK_COLOURS[m.kind] }, bgcolor: "rgba(255,255,255,0.8)" })),
+          ],
         });
       },
     };

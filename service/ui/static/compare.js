@@ -69,7 +69,8 @@
           el("figure", {}, diff || el("p", { class: "muted", text: "The audits swept different shifts: no map of differences." }),
             el("figcaption", { text: "agreement difference per shift (candidate − baseline)" })),
           el("figure", {}, layers || el("p", { class: "muted", text: "No layer of the same name in both profiles." }),
-            el("figcaption", { text: "relative equivariance error per layer" })))));
+            el("figcaption", { text: "per layer along depth: on-grid (border) and aliasing errors, local aliasing" }))),
+        findingsPair(k, c.findings)));
       draws.push(() => {
         if (diff) {
           const values = c.shift_map.difference.map((v) => (v === null ? null : v));
@@ -78,20 +79,39 @@
         }
         if (layers) {
           const x = c.layers.map((_, i) => i);
+          const hover = c.layers.map((l, i) => `#${i} ${SA.plotText(l.name)}`);
+          const of = (side, name) => c.layers.map((l) => (l[side] ? l[side][name] : null));
+          const trace = (name, y, style) => Object.assign({ name, x, y, hovertext: hover, hovertemplate: `%{hovertext}<br>${name} %{y:.4f}<extra></extra>` }, style);
           SA.plot(layers, [
-            { type: "bar", name: "baseline", x, y: c.layers.map((l) => l.baseline_relative_error), marker: { color: "#adb5bd" } },
-            { type: "bar", name: "candidate", x, y: c.layers.map((l) => l.candidate_relative_error), marker: { color: "#d9480f" } },
+            trace("baseline on grid", c.layers.map((l) => l.baseline_relative_error), { type: "scatter", mode: "lines", line: { color: "#adb5bd" } }),
+            trace("candidate on grid", c.layers.map((l) => l.candidate_relative_error), { type: "scatter", mode: "lines", line: { color: "#495057" } }),
+            trace("baseline aliasing", of("baseline", "aliasing_error"), { type: "scatter", mode: "lines", line: { color: "#ffa94d", dash: "dash" } }),
+            trace("candidate aliasing", of("candidate", "aliasing_error"), { type: "scatter", mode: "lines", line: { color: "#e8590c" } }),
+            trace("baseline local", of("baseline", "local_aliasing"), { type: "bar", marker: { color: "rgba(173, 181, 189, 0.6)" } }),
+            trace("candidate local", of("candidate", "local_aliasing"), { type: "bar", marker: { color: "rgba(201, 42, 42, 0.55)" } }),
           ], {
-            height: 360, barmode: "group", legend: { orientation: "h", y: 1.1 },
-            margin: { l: 56, r: 8, t: 24, b: 80 },
-            xaxis: { tickmode: "array", tickvals: x, ticktext: c.layers.map((l) => SA.plotText(l.name)), tickangle: c.layers.length > 6 ? -40 : 0 },
+            height: 380, barmode: "group", legend: { orientation: "h", y: -0.2 },
+            margin: { l: 56, r: 8, t: 16, b: 48 },
+            xaxis: { title: { text: "depth (layers of both, by name)" }, zeroline: false },
             yaxis: { title: { text: "relative error" }, rangemode: "tozero" },
+            hovermode: "closest",
           });
         }
       });
     });
     draws.forEach((draw) => draw());
     return models[0] ? models[0].name : null;
+  }
+
+  // The two diagnoses (report 1.2's findings) side by side, one line each.
+  function findingsPair(k, pair) {
+    if (!pair || (!pair.baseline && !pair.candidate)) return null;
+    const side = (title, f) => el("div", {},
+      el("h3", { text: title }),
+      f ? el("ul", { class: "findings" }, f.summary.map((line) => el("li", { text: line })))
+        : el("p", { class: "muted", text: "No findings: a report before 1.2." }));
+    return el("div", { class: "findings-pair", attrs: { id: `findings-${k}` } },
+      side("baseline", pair.baseline), side("candidate", pair.candidate));
   }
 
   async function trend(section, name) {
