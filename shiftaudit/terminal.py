@@ -73,8 +73,9 @@ def format_summary(report: Report) -> str:
     lines += [
         f"{'layers' if i == 0 else '':<22}{line}" for i, line in enumerate(findings_lines(report))
     ]
+    runtime = f"{prov.backend}, " if prov.backend else ""
     lines.append(
-        f"{'device':<22}{prov.device}, batch {prov.batch_size} {prov.memory_format}, "
+        f"{'device':<22}{prov.device}, {runtime}batch {prov.batch_size} {prov.memory_format}, "
         f"{prov.wall_time_s:.1f}s"
     )
     return "\n".join(lines)

@@ -165,10 +165,24 @@ def test_report_page_draws_every_chart_from_the_report(server: Server, page):
     shapes = tab.evaluate("() => document.getElementById('chart-layers').layout.shapes")
     marked = [s["x0"] for s in shapes if s["type"] == "line" and s.get("xref") == "x"]
     assert born in marked
-    # One shaded band per stride stage: each run of layers at one stride along depth.
-    runs = [e["stride"] or e["kind"] for i, e in enumerate(entries)]
-    stages = sum(1 for i, run in enumerate(runs) if i == 0 or run != runs[i - 1])
-    assert len([s for s in shapes if s["type"] == "rect"]) == stages > 1
+    # One shaded band per stride stage: each run of layers at one stride along depth (the
+    # layers between maps in their stage, those after the last map apart).
+    def stage_stride(entry):
+        field = entry["receptive_field"]
+        if field and not field["mixes_all_positions"] and entry["kind"] != "non_spatial":
+            return field["jump"][0]
+        return entry["stride"]
+
+    strides = [stage_stride(e) for e in entries]
+    last_map = max(i for i, s in enumerate(strides) if s)
+    stage, labels = next(s for s in strides if s), []
+    for i, stride in enumerate(strides):
+        stage = stride or stage
+        labels.append("flat" if i > last_map else stage)
+    runs = sum(1 for i, label in enumerate(labels) if i == 0 or label != labels[i - 1])
+    bands = [s for s in shapes if s["type"] == "rect"]
+    assert (bands[0]["x0"], bands[-1]["x1"]) == (-0.5, len(entries) - 0.5)
+    assert len(bands) == runs > 1
 
     cases = report["worst_cases"]
     assert cases, "the aliasing net must have worst cases"

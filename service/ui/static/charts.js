@@ -149,11 +149,24 @@
     return { node, draw };
   }
 
-  // The stride stages along depth: runs of layers with the same cumulative stride.
+  // The stride stages along depth: runs of layers with the same cumulative stride, read as
+  // the receptive field's jump where the graph gives one (a padded map keeps its stage,
+  // though H / h says otherwise), else as H / h. A layer with neither belongs to the stage it
+  // sits in; the layers after the last map (a pooled or flattened head) are "flat".
+  SA.stageStride = function (e) {
+    const f = e.receptive_field;
+    if (f && !f.mixes_all_positions && e.kind !== "non_spatial") return f.jump[0];
+    return e.stride || null;
+  };
+
   SA.strideStages = function (entries) {
+    const strides = entries.map(SA.stageStride);
+    const lastMap = strides.map(Boolean).lastIndexOf(true);
+    let current = strides.find(Boolean) ? `stride ${strides.find(Boolean)}` : "flat";
     const stages = [];
-    entries.forEach((e, i) => {
-      const label = e.stride ? `stride ${e.stride}` : e.kind === "non_spatial" ? "flat" : e.kind;
+    strides.forEach((stride, i) => {
+      if (stride) current = `stride ${stride}`;
+      const label = i > lastMap ? "flat" : current;
       const last = stages[stages.length - 1];
       if (last && last.label === label) last.to = i;
       else stages.push({ label, from: i, to: i });
