@@ -17,8 +17,8 @@ from service.audits import endpoints as audits
 from service.audits.reconciler import policy_from, reconcile_once
 from service.compare import endpoints as compare
 from service.db import make_engine, session_factory, utcnow
-from service.deps import Reader
 from service.errors import Unavailable
+from service.guard import CloseUnreadBodies
 from service.models import endpoints as models
 from service.outbound_webhooks import endpoints as outbound_webhooks
 from service.policies import endpoints as policies
@@ -27,10 +27,10 @@ from service.queue import AuditQueue, EmbeddedQueue, queue_from_settings
 from service.registry_hooks import endpoints as registry_hooks
 from service.settings import Settings, get_settings
 from service.storage import storage_from_url
+from service.teams import endpoints as teams
 from service.ui import export as ui_export
 from service.ui import pages as ui_pages
 from shiftaudit_api import API_VERSION
-from shiftaudit_api.common import Identity
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,14 @@ def create_app(settings: Settings | None = None, queue: AuditQueue | None = None
     app.state.engine = make_engine(settings.resolved_database_url)
     app.state.sessions = session_factory(app.state.engine)
     app.state.storage = storage_from_url(settings.resolved_storage_url)
+    # Unpacking and checking a probe-set archive costs disk and a core: so many at once.
+    app.state.probe_checks = threading.BoundedSemaphore(settings.max_concurrent_probe_checks)
     problems.install(app)
     metrics.install(app)  # GET /metrics and the request-metrics middleware
+    # Outermost: it sees the answer of every route, refusals before the body included.
+    app.add_middleware(CloseUnreadBodies)
     for domain in (
+        teams,
         models,
         audits,
         compare,
@@ -106,10 +111,10 @@ def create_app(settings: Settings | None = None, queue: AuditQueue | None = None
             raise Unavailable(f"queue unreachable: {type(error).__name__}") from error
         return {"status": "ready", "database": "ok", "queue": "ok"}
 
-    @app.get("/v1/me", tags=["teams"])
-    def me(principal: Reader) -> Identity:
-        """The team and scope of the calling key."""
-        return Identity(team=principal.team_name, scope=principal.scope.value)
+    # HEAD too (load balancers and uptime checkers probe with it), out of the schema: the
+    # GET operations document them.
+    for path, probe in (("/healthz", healthz), ("/readyz", readyz)):
+        app.add_api_route(path, probe, methods=["HEAD"], include_in_schema=False)
 
     return app
 

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 from shiftaudit.errors import ConfigError
 
 
@@ -40,6 +41,7 @@ def _serve(args: argparse.Namespace) -> int:
             "reconciler run inside the one API process"
         )
     prepare_database(settings)
+    remove_leftovers(settings)
     uvicorn.run(
         "service.app:create_app",
         factory=True,
@@ -49,6 +51,29 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=not args.no_access_log,
     )
     return 0
+
+
+def remove_leftovers(settings: Settings) -> None:
+    """Remove what processes killed before (SIGKILL, a crash, a power cut) left in this
+    service's scratch space: request scratch, upload spools of local storage and, for the
+    embedded runner, its jobs' scratch. Live processes' scratch is left alone."""
+    from service.audits.runner import job_scratch
+    from service.scratch import remove_stale
+    from service.storage import LocalStorage, storage_from_url
+
+    roots = [settings.data_dir / "tmp"]
+    storage = storage_from_url(settings.resolved_storage_url)
+    if isinstance(storage, LocalStorage):
+        roots.append(storage.spool_dir)
+    if not settings.redis_url:  # the embedded runner is this process's child
+        roots.append(job_scratch(settings.resolved_worker_cache_dir))
+    for root in roots:
+        removed = remove_stale(root)
+        if removed:
+            print(
+                f"removed what stopped processes left in {root}: {len(removed)} entries",
+                file=sys.stderr,
+            )
 
 
 def configure_migrate(migrate: argparse.ArgumentParser) -> None:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import threading
+import time
 import uuid
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Protocol
@@ -16,6 +19,8 @@ from typing import Protocol
 from service.audits.runner import job_options, run_shard
 from service.routing import RUN_SHARD_TASK, job_id
 from service.settings import Settings
+
+SERVER_WATCH_S = 0.25  # how soon a runner notices that its server is gone
 
 
 class AuditQueue(Protocol):
@@ -84,14 +89,18 @@ class EmbeddedQueue:
 
     Spawn, not fork: the API process may hold threads and database connections that a fork
     would copy, and CUDA must not be initialised before a fork. That child starts the
-    sandboxed sweep, as a Celery worker does.
+    sandboxed sweep, as a Celery worker does, and dies with the API process (a runner left
+    behind would go on sweeping, and take jobs beside the next server's runner).
     """
 
     def __init__(self, settings: Settings, *, workers: int = 1) -> None:
         self._urls = (settings.resolved_database_url, settings.resolved_storage_url)
         self._options = job_options(settings)
         self._pool = ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=die_with_server,
+            initargs=(os.getpid(),),
         )
         self._pending: dict[str, Future[str]] = {}
 
@@ -110,3 +119,23 @@ class EmbeddedQueue:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def die_with_server(server: int) -> None:
+    """In a runner process: exit as soon as the server that started it is gone.
+
+    Not PR_SET_PDEATHSIG: the kernel ties that to the thread that created the child, and the
+    pool starts its processes from whichever thread first submits (a request's worker
+    thread, which the thread pool retires when idle). A watch on the parent pid holds
+    however the server ends, SIGKILL included; the sandboxed sweep dies with this process
+    (it has PR_SET_PDEATHSIG on this process's main thread, which runs the job).
+    """
+    if os.getppid() != server:  # gone before this process got here
+        os._exit(1)
+    threading.Thread(target=_watch_server, args=(server,), daemon=True, name="server-watch").start()
+
+
+def _watch_server(server: int) -> None:
+    while os.getppid() == server:
+        time.sleep(SERVER_WATCH_S)
+    os._exit(1)  # no cleanup to wait for: the database is the truth, the reconciler re-runs

@@ -46,8 +46,23 @@ class Settings(BaseSettings):
         None, description="file:///path or s3://bucket/prefix; unset: data_dir/artifacts."
     )
     max_model_bytes: int = Field(2 * 1024**3, ge=1, description="Largest model upload.")
-    max_probe_set_bytes: int = Field(
-        4 * 1024**3, ge=1, description="Largest probe-set archive, packed and unpacked."
+    max_probe_set_bytes: int = Field(4 * 1024**3, ge=1, description="Largest probe-set archive.")
+    max_probe_set_expanded_bytes: int = Field(
+        4 * 1024**3,
+        ge=1,
+        description="Most a probe-set archive may unpack to (members skipped included); each "
+        "member is also held to what its image header allows.",
+    )
+    max_concurrent_probe_checks: int = Field(
+        2,
+        ge=1,
+        description="Probe-set archives unpacked and checked at once; further uploads wait.",
+    )
+    max_json_body_bytes: int = Field(
+        1024**2,
+        ge=1024,
+        description="Largest request body that is not a streamed upload (JSON), refused "
+        "while it arrives.",
     )
     max_probe_images: int = Field(100_000, ge=1, description="Most images in one probe set.")
     max_image_pixels: int = Field(
@@ -99,7 +114,10 @@ class Settings(BaseSettings):
         "the reconciler and queued again.",
     )
     max_attempts: int = Field(
-        3, ge=1, description="Runs of a shard whose worker was lost before its audit fails."
+        3,
+        ge=1,
+        description="Runs of a shard whose worker was lost, or whose sweep was killed from "
+        "outside, before its audit fails.",
     )
     reconcile_interval_s: float = Field(30, gt=0, description="How often the reconciler runs.")
     resend_after_s: float = Field(
@@ -124,6 +142,16 @@ class Settings(BaseSettings):
         False,
         description="Allow webhooks to private, loopback and reserved addresses "
         "(refused by default: server-side request forgery).",
+    )
+    webhook_deadline_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Longest one webhook delivery may take, all told: name lookup, connect, "
+        "send, and the receiver's status line and headers. Past it the delivery is retried.",
+    )
+    webhook_concurrency: int = Field(
+        8, ge=1, le=256, description="Webhook deliveries in flight at once."
     )
     worker_cache_dir: Path | None = Field(
         None, description="Worker's artifact cache; unset: data_dir/worker-cache."
@@ -169,10 +197,11 @@ class Settings(BaseSettings):
         """The engine's limits for opening an uploaded probe set."""
         return ProbeLimits(
             max_archive_bytes=self.max_probe_set_bytes,
-            # Images barely compress, so a set unpacking past the upload limit is a bomb.
-            max_extracted_bytes=self.max_probe_set_bytes,
+            max_extracted_bytes=self.max_probe_set_expanded_bytes,
             max_files=self.max_probe_images,
             max_image_pixels=self.max_image_pixels,
+            # One line a probe ("name,label"), names and labels of up to 256 bytes together.
+            max_labels_bytes=max(64 * 1024, 256 * self.max_probe_images),
         )
 
     @property

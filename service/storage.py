@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from service.scratch import owner
+
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _COPY_CHUNK = 1 << 20
 _TMP_PREFIX = "shiftaudit-"
@@ -94,7 +96,8 @@ class _Spool:
     def __init__(self, tmp_dir: Path, max_bytes: int) -> None:
         if max_bytes < 0:
             raise ValueError("max_bytes must be >= 0")
-        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=_TMP_PREFIX, suffix=".part")
+        # Named after this process, so that a restart after a crash can remove it.
+        fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=f"{_TMP_PREFIX}{owner()}-", suffix=".part")
         self.path = Path(name)
         self._file: BinaryIO = os.fdopen(fd, "wb")
         self._hash = hashlib.sha256()
@@ -185,6 +188,11 @@ class LocalStorage(_SpoolingStorage):
         self._tmp_dir = self.root / "tmp"
         self._objects.mkdir(parents=True, exist_ok=True)
         self._tmp_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def spool_dir(self) -> Path:
+        """Where uploads are written before they land (named after their process)."""
+        return self._tmp_dir
 
     def _path(self, sha256: str) -> Path:
         sha = _check_sha(sha256)
@@ -312,7 +320,8 @@ class S3Storage(_SpoolingStorage):
     def open_local(self, sha256: str) -> Iterator[Path]:
         """A verified temp download, removed when the block exits."""
         _check_sha(sha256)
-        with tempfile.TemporaryDirectory(dir=self._tmp_dir, prefix=_TMP_PREFIX) as tmp:
+        prefix = f"{_TMP_PREFIX}{owner()}-"
+        with tempfile.TemporaryDirectory(dir=self._tmp_dir, prefix=prefix) as tmp:
             yield self.fetch(sha256, Path(tmp) / sha256)
 
     def delete(self, sha256: str) -> None:

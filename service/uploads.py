@@ -39,6 +39,11 @@ def _extended_filename(disposition: str) -> str:
         return ""
 
 
+def streams_own_body() -> None:
+    """A route dependency that marks an endpoint reading its own body while it streams, with
+    its own limits (service.guard does not cap or buffer it)."""
+
+
 def refuse_declared_length(request: Request, *, limit: int, message: str) -> None:
     """TooLarge at once when the declared body is over `limit` (plus framing), before any of
     it is read; bodies without a length are held to the limit while they stream."""

@@ -1,8 +1,12 @@
 """Probe archives: reproducible packing, and bounded, validated extraction of untrusted ones.
 
 Members are validated (no path escapes, no links or devices); extraction is bounded by the
-bytes actually written and by the member count. Standard library only, so that a client can
-pack a directory without the engine's dependencies.
+member count and by what the archive expands to (bytes written, and the declared sizes of the
+members it skips, which a compressed tar must still inflate to get past). A caller's
+`check_member` looks at each member's first bytes before the rest is written, and bounds what
+that member may hold: a bomb is refused after a few KiB, not after filling the disk.
+Standard library only, so that a client can pack a directory without the engine's
+dependencies.
 """
 
 from __future__ import annotations
@@ -12,16 +16,42 @@ import stat
 import tarfile
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import IO
 
 from shiftaudit.errors import ProbeSetError
 
-__all__ = ["archive_kind", "extract_archive", "is_ignored", "pack_directory", "pack_tar"]
+__all__ = [
+    "MemberCheck",
+    "MemberLimit",
+    "archive_kind",
+    "extract_archive",
+    "is_ignored",
+    "pack_directory",
+    "pack_tar",
+]
 
 _CHUNK = 1 << 20
 _DRIVE = re.compile(r"^[A-Za-z]:")
+# A member's first bytes handed to `check_member`; doubled while it asks for more, up to the
+# most (a JPEG's metadata segments come before its size).
+HEAD_BYTES = 64 << 10
+MAX_HEAD_BYTES = 4 << 20
+
+
+@dataclass(frozen=True)
+class MemberLimit:
+    """The most bytes one member may hold, and the sentence that refuses it beyond."""
+
+    max_bytes: int
+    refusal: str
+
+
+# (member name, its first bytes, whether they are all of it) -> its limit; None: more bytes
+# are needed to tell; raises ProbeSetError to refuse the member from these bytes alone.
+MemberCheck = Callable[[str, bytes, bool], MemberLimit | None]
 
 
 def pack_tar(members: Mapping[str, Path], destination: Path) -> Path:
@@ -101,12 +131,21 @@ def is_ignored(parts: Sequence[str]) -> bool:
 class _Extractor:
     """Writes validated members under ``dest``, counting bytes as they are written."""
 
-    def __init__(self, archive: Path, dest: Path, *, max_members: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        archive: Path,
+        dest: Path,
+        *,
+        max_members: int,
+        max_bytes: int,
+        check_member: MemberCheck | None,
+    ) -> None:
         self.archive = archive
         self.dest = dest.resolve()
         self.max_members = max_members
         self.max_bytes = max_bytes
-        self.written = 0
+        self.check_member = check_member
+        self.expanded = 0  # bytes written, and declared bytes of members skipped
         self.members = 0
         self.current = "<none>"
 
@@ -131,7 +170,9 @@ class _Extractor:
                     refused = "symbolic link"
                 elif kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                     refused = "special file"
-                self._add(info.filename, refused, info.is_dir(), partial(zf.open, info))
+                self._add(
+                    info.filename, refused, info.is_dir(), info.file_size, partial(zf.open, info)
+                )
 
     def _tar(self) -> None:
         # Stream mode: one sequential pass, so a compressed bomb is never scanned twice.
@@ -142,13 +183,14 @@ class _Extractor:
                     refused = "symbolic link" if m.issym() else "hard link"
                 elif not (m.isreg() or m.isdir()):
                     refused = "device, fifo or other special file"
-                self._add(m.name, refused, m.isdir(), partial(tf.extractfile, m))
+                self._add(m.name, refused, m.isdir(), m.size, partial(tf.extractfile, m))
 
     def _add(
         self,
         name: str,
         refused: str | None,
         is_dir: bool,
+        declared: int,
         data: Callable[[], IO[bytes] | None],
     ) -> None:
         self.current = name
@@ -159,6 +201,8 @@ class _Extractor:
         if refused is not None:
             raise ProbeSetError(f"{self.archive}: member {name!r} is a {refused}, refused")
         if not parts or is_ignored(parts):
+            # Not written, but a tar stream inflates it all the same to reach the next one.
+            self._expand(declared, name)
             return
         target = self.dest.joinpath(*parts)
         if not target.resolve().is_relative_to(self.dest):  # defence in depth
@@ -170,20 +214,76 @@ class _Extractor:
         src = data()
         if src is None:
             raise ProbeSetError(f"{self.archive}: member {name!r} has no data")
-        with src, target.open("xb") as dst:  # "x": a duplicate member fails, never overwrites
-            while chunk := src.read(_CHUNK):
-                self.written += len(chunk)
-                if self.written > self.max_bytes:
-                    raise ProbeSetError(
-                        f"{self.archive}: extracting {name!r} exceeds "
-                        f"max_extracted_bytes={self.max_bytes}"
-                    )
-                dst.write(chunk)
+        with src:
+            head, limit = self._head(name, src)
+            with target.open("xb") as dst:  # "x": a duplicate member fails, never overwrites
+                held = 0
+                chunk = head
+                while chunk:
+                    held += len(chunk)
+                    if limit is not None and held > limit.max_bytes:
+                        raise ProbeSetError(f"{self.archive}: {limit.refusal}")
+                    self._expand(len(chunk), name)
+                    dst.write(chunk)
+                    chunk = src.read(_CHUNK)
+
+    def _head(self, name: str, src: IO[bytes]) -> tuple[bytes, MemberLimit | None]:
+        """The member's first bytes and its limit, from `check_member` (nothing is written
+        before it has seen them)."""
+        head = _read_up_to(src, HEAD_BYTES)
+        if self.check_member is None:
+            return head, None
+        complete = len(head) < HEAD_BYTES
+        while (limit := self._checked(name, head, complete)) is None:
+            if complete or len(head) >= MAX_HEAD_BYTES:
+                raise ProbeSetError(
+                    f"{self.archive}: member {name!r}: its first {len(head)} bytes do not say "
+                    "what it is"
+                )
+            more = _read_up_to(src, len(head))
+            complete = len(more) < len(head)
+            head += more
+        return head, limit
+
+    def _checked(self, name: str, head: bytes, complete: bool) -> MemberLimit | None:
+        assert self.check_member is not None
+        try:
+            return self.check_member(name, head, complete)
+        except ProbeSetError as refused:
+            raise ProbeSetError(f"{self.archive}: {refused}") from None
+
+    def _expand(self, size: int, name: str) -> None:
+        self.expanded += size
+        if self.expanded > self.max_bytes:
+            raise ProbeSetError(
+                f"{self.archive}: the archive expands past max_extracted_bytes={self.max_bytes} "
+                f"(at member {name!r})"
+            )
+
+
+def _read_up_to(src: IO[bytes], size: int) -> bytes:
+    """`size` bytes, fewer only at the end of the member (a decompressor may return less)."""
+    data = bytearray()
+    while len(data) < size:
+        piece = src.read(size - len(data))
+        if not piece:
+            break
+        data += piece
+    return bytes(data)
 
 
 def extract_archive(
-    archive: Path, dest: Path, *, kind: str, max_members: int, max_bytes: int
+    archive: Path,
+    dest: Path,
+    *,
+    kind: str,
+    max_members: int,
+    max_bytes: int,
+    check_member: MemberCheck | None = None,
 ) -> None:
     """Extract a zip or tar archive under `dest`, refusing unsafe members and stopping as soon
-    as more than `max_members` members or `max_bytes` written bytes are reached."""
-    _Extractor(archive, dest, max_members=max_members, max_bytes=max_bytes).extract(kind)
+    as more than `max_members` members or `max_bytes` expanded bytes are reached, or a member
+    fails `check_member` (from its first bytes) or outgrows the limit that check gave it."""
+    _Extractor(
+        archive, dest, max_members=max_members, max_bytes=max_bytes, check_member=check_member
+    ).extract(kind)

@@ -1,7 +1,12 @@
-"""Decoding untrusted probe images: format and pixel count checked from the header first."""
+"""Decoding untrusted probe images: format and pixel count checked from the header first.
+
+`declared_size` reads the size an image declares from its first bytes alone (no decoder
+runs), so that an archive member can be refused before it is written out.
+"""
 
 from __future__ import annotations
 
+import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +18,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from shiftaudit.errors import ProbeSetError
 
-__all__ = ["check_header", "decode_image"]
+__all__ = ["NotAnImage", "check_header", "declared_size", "decode_image"]
 
 # MPO is how Pillow reports JPEGs carrying multi-picture data (common from phone cameras).
 _FORMATS = ("PNG", "JPEG", "WEBP")
@@ -40,6 +45,91 @@ def _opened(path: Path, name: str, max_pixels: int) -> Iterator[Image.Image]:
         raise
     except Exception as e:  # decoders of untrusted bytes raise OSError, SyntaxError, ...
         raise ProbeSetError(f"{name}: not a readable PNG, JPEG or WebP image: {e}") from e
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (they hold the size); C4, C8 and CC are other segments.
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+class NotAnImage(ProbeSetError):
+    """The bytes do not begin a PNG, JPEG or WebP image."""
+
+
+def declared_size(head: bytes, *, complete: bool) -> tuple[str, int, int] | None:
+    """(format, width, height) that an image's first bytes declare; None when they are too
+    few to tell (and `complete` is false). NotAnImage when they are no PNG, JPEG or WebP."""
+    if head.startswith(_PNG_SIGNATURE):
+        found = _png_size(head)
+    elif head.startswith(b"\xff\xd8\xff"):
+        found = _jpeg_size(head)
+    elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        found = _webp_size(head)
+    elif len(head) < 12 and not complete and _could_begin_image(head):
+        return None
+    else:
+        raise NotAnImage("it does not start with a PNG, JPEG or WebP signature")
+    if found is None and complete:
+        raise NotAnImage("it ends inside its header")
+    return found
+
+
+def _could_begin_image(head: bytes) -> bool:
+    return any(
+        magic.startswith(head[: len(magic)]) for magic in (_PNG_SIGNATURE, b"\xff\xd8\xff", b"RIFF")
+    )
+
+
+def _png_size(head: bytes) -> tuple[str, int, int] | None:
+    if len(head) < 24:
+        return None
+    if head[12:16] != b"IHDR":
+        raise NotAnImage("its PNG signature is not followed by an IHDR chunk")
+    width, height = struct.unpack(">II", head[16:24])
+    return "PNG", width, height
+
+
+def _jpeg_size(head: bytes) -> tuple[str, int, int] | None:
+    """Walk the segments to the first start-of-frame marker, which holds the size."""
+    at = 2
+    while True:
+        if at + 4 > len(head):
+            return None
+        if head[at] != 0xFF:
+            raise NotAnImage("its JPEG segments are malformed")
+        marker = head[at + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            at += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan: no frame came first
+            raise NotAnImage("its JPEG data starts before any frame header")
+        if marker in _JPEG_FRAMES:
+            if at + 9 > len(head):
+                return None
+            height, width = struct.unpack(">HH", head[at + 5 : at + 9])
+            return "JPEG", width, height
+        at += 2 + struct.unpack(">H", head[at + 2 : at + 4])[0]
+
+
+def _webp_size(head: bytes) -> tuple[str, int, int] | None:
+    if len(head) < 30:
+        return None
+    chunk = head[12:16]
+    if chunk == b"VP8 ":  # lossy: the key frame's header
+        width, height = struct.unpack("<HH", head[26:30])
+        return "WebP", width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":  # lossless: 14-bit sizes minus one after the signature byte
+        bits = struct.unpack("<I", head[21:25])[0]
+        return "WebP", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":  # extended: the canvas, 24-bit sizes minus one
+        width = int.from_bytes(head[24:27], "little") + 1
+        height = int.from_bytes(head[27:30], "little") + 1
+        return "WebP", width, height
+    raise NotAnImage("its WebP header has no VP8, VP8L or VP8X chunk")
 
 
 def check_header(path: Path, name: str, *, max_pixels: int) -> None:

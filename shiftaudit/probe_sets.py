@@ -1,7 +1,8 @@
 """Probe sets: a directory, zip or tar(.gz) of PNG/JPEG/WebP images, with optional labels.
 
 Archives are untrusted input: they are extracted with the bounds of `shiftaudit.archives`,
-and every image header is checked against a pixel limit before anything is decoded.
+each member's header checked (format and pixel limit, from its first bytes) before the rest
+of it is written, and every image header is checked again before anything is decoded.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from types import TracebackType
 import numpy as np
 import numpy.typing as npt
 
-from shiftaudit.archives import archive_kind, extract_archive, is_ignored
+from shiftaudit.archives import MemberCheck, MemberLimit, archive_kind, extract_archive, is_ignored
 from shiftaudit.errors import ProbeSetError
-from shiftaudit.images import check_header, decode_image
+from shiftaudit.images import NotAnImage, check_header, declared_size, decode_image
 from shiftaudit.labels import LABELS_FILE, labels_of
 
 __all__ = ["Probe", "ProbeLimits", "ProbeSet", "open_probe_set"]
@@ -36,6 +37,13 @@ class ProbeLimits:
     max_extracted_bytes: int = 4 * 1024**3
     max_files: int = 100_000
     max_image_pixels: int = 80_000_000
+    max_labels_bytes: int = 256 * 100_000  # a line of up to 256 bytes for each of max_files
+
+
+# What an image file may hold beyond its declared pixels: the raw size of 16-bit RGBA (a PNG
+# stored without compression comes close) plus room for metadata (EXIF, ICC, XMP).
+BYTES_PER_PIXEL = 8
+METADATA_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -175,6 +183,7 @@ def _open_archive(
             kind=kind,
             max_members=limits.max_files,
             max_bytes=limits.max_extracted_bytes,
+            check_member=member_check(limits),
         )
         entries = list(tmp.iterdir())
         # A "zip of a folder": that folder is the real root.
@@ -185,6 +194,36 @@ def _open_archive(
     except BaseException:
         _remove_tree(tmp)
         raise
+
+
+def member_check(limits: ProbeLimits) -> MemberCheck:
+    """How extraction judges a member from its first bytes: `labels.csv` (at the root or in
+    a single top folder) may hold `max_labels_bytes`; anything else must begin a PNG, JPEG or
+    WebP header within the pixel limit, and holds at most what such an image can."""
+
+    def check(name: str, head: bytes, complete: bool) -> MemberLimit | None:
+        parts = PurePosixPath(name).parts
+        if parts and parts[-1] == LABELS_FILE and len(parts) <= 2:
+            cap = limits.max_labels_bytes
+            return MemberLimit(cap, f"{name!r} is larger than {cap} bytes, too large for labels")
+        try:
+            found = declared_size(head, complete=complete)
+        except NotAnImage as error:
+            raise ProbeSetError(f"{name!r} is not a PNG, JPEG or WebP image: {error}") from None
+        if found is None:
+            return None
+        kind, width, height = found
+        if width * height > limits.max_image_pixels:
+            raise ProbeSetError(
+                f"{name!r}: {width}x{height} image exceeds "
+                f"max_image_pixels={limits.max_image_pixels}"
+            )
+        most = width * height * BYTES_PER_PIXEL + METADATA_BYTES + len(head)
+        return MemberLimit(
+            most, f"{name!r} holds more than {most} bytes, more than a {width}x{height} {kind} can"
+        )
+
+    return check
 
 
 def _remove_tree(path: Path | None) -> None:

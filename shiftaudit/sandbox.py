@@ -4,7 +4,9 @@ The child starts from a fresh interpreter (never a fork: no inherited CUDA conte
 connection or secret) with an allow-listed environment, runs in its own temporary directory
 and session, and dies with its parent. The limits: data size (set in the child before torch
 is imported), resident memory and wall time; a crash, a hang or a
-runaway allocation becomes a `SandboxError` that names what happened.
+runaway allocation becomes a `SandboxError` that names what happened, and a kill from outside
+(SIGKILL or SIGTERM from an operator or the out-of-memory killer) a transient one, which the
+caller runs again.
 
 Run as `python -m shiftaudit.sandbox JOB.json`: progress goes to stdout, one fraction per line;
 the result to `result.json` and a refused input to `error.json`, beside the job file.
@@ -65,11 +67,33 @@ class Limits:
 
 
 class SandboxError(Exception):
-    """The sweep failed; `input_error` when the model or probes were refused (never retried)."""
+    """The sweep failed; `input_error` when the model or probes were refused (never retried),
+    `transient` when something outside killed it (run it again, as for a lost worker)."""
 
-    def __init__(self, message: str, *, input_error: bool = False) -> None:
+    def __init__(self, message: str, *, input_error: bool = False, transient: bool = False) -> None:
         super().__init__(message)
         self.input_error = input_error
+        self.transient = transient
+
+
+# Signals a process raises on itself by faulting: the model's own doing (a bad memory access,
+# arithmetic fault, abort, illegal instruction, bad system call, a trap, a resource limit).
+# Any other signal that ends the sweep was sent from outside: the sandbox never signals it
+# except when it stops a sweep on purpose (wall time, memory, cancellation), and then says so
+# before it looks at the exit status.
+MODEL_FAULTS = frozenset(
+    {
+        signal.SIGSEGV,
+        signal.SIGBUS,
+        signal.SIGFPE,
+        signal.SIGILL,
+        signal.SIGABRT,
+        signal.SIGSYS,
+        signal.SIGTRAP,
+        signal.SIGXCPU,
+        signal.SIGXFSZ,
+    }
+)
 
 
 def sweep_in_sandbox(
@@ -159,9 +183,22 @@ def _outcome(code: int, work_dir: Path, stderr_path: Path, limits: Limits) -> Sh
         raise SandboxError(_memory_message(limits))
     tail = _tail(stderr_path)
     if code < 0:
-        name = signal.Signals(-code).name
+        name = _signal_name(-code)
+        if -code not in MODEL_FAULTS:
+            raise SandboxError(
+                f"the audit process was killed from outside ({name}), by an operator or the "
+                "out-of-memory killer, not by the model",
+                transient=True,
+            )
         raise SandboxError(f"the model crashed the audit process ({name}){tail}")
     raise SandboxError(f"the audit process failed with exit code {code}{tail}")
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # a real-time signal has no name of its own
+        return f"signal {number}"
 
 
 def _memory_message(limits: Limits) -> str:

@@ -21,6 +21,7 @@ from shiftaudit.report import Report
 from shiftaudit_api.audits import AuditEstimate, AuditOut, AuditStatus, AuditSummary
 from shiftaudit_api.common import Identity, Page
 from shiftaudit_api.comparisons import ComparisonOut, TrendPoint
+from shiftaudit_api.keys import ApiKeyOut, CreatedApiKey, KeyScope
 from shiftaudit_api.outbound_webhooks import (
     CreatedSubscription,
     DeliveryOut,
@@ -108,6 +109,27 @@ def me() -> Call[Identity]:
 def ready() -> Call[dict[str, str]]:
     """Readiness: the database answers and the queue can take audits."""
     return Call("GET", "/readyz", _adapter(dict[str, str]))
+
+
+# Keys (an admin key's) ------------------------------------------------------------------
+
+
+def list_keys() -> Call[list[ApiKeyOut]]:
+    """The team's keys, revoked and expired ones included; never their secrets."""
+    return Call("GET", "/v1/keys", _adapter(list[ApiKeyOut]))
+
+
+def create_key(
+    *, scope: KeyScope, name: str = "", expires_in_s: int | None = None
+) -> Call[CreatedApiKey]:
+    """A new key for the caller's team; the answer's `key` is shown only this once."""
+    body = {"scope": scope, "name": name, "expires_in_s": expires_in_s}
+    return Call("POST", "/v1/keys", _model(CreatedApiKey), json=body)
+
+
+def revoke_key(key_id: str) -> Call[None]:
+    """Revoke one of the team's keys (its 16-hex-digit id)."""
+    return Call("DELETE", f"/v1/keys/{key_id}", _nothing)
 
 
 # Models and probe sets ------------------------------------------------------------------

@@ -68,10 +68,18 @@ def _worker(args: argparse.Namespace) -> int:
     if args.gpu_type is not None and device != "gpu":
         raise ConfigError("--gpu-type is for GPU workers (--device gpu)")
     queues = args.queues.split(",") if args.queues else worker_queues(device, args.gpu_type)
+    from service.audits.runner import job_scratch
+    from service.scratch import remove_stale
     from workers.app import create_celery
 
+    settings = get_settings()
+    # A worker killed mid-audit leaves its job's scratch (the sweep's work directory).
+    removed = remove_stale(job_scratch(settings.resolved_worker_cache_dir))
+    if removed:
+        print(f"removed what stopped processes left: {len(removed)} job directories")
+
     name = args.name or f"{device}{'' if args.gpu is None else args.gpu}@{socket.gethostname()}"
-    app = create_celery(get_settings(), worker_name=name, threads=args.threads)
+    app = create_celery(settings, worker_name=name, threads=args.threads)
     # Solo pool: one shard at a time, run from the worker's main process, which never
     # touches CUDA itself (the sandboxed sweep does) and so has nothing to fork.
     app.worker_main(

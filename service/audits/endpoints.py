@@ -16,6 +16,7 @@ from service.audits.repository import AuditFilters, TeamAudits
 from service.audits.thumbnails import ShiftedProbe, render_png
 from service.deps import Reader, SessionDep, SettingsDep, Writer
 from service.errors import Conflict
+from service.guard import GuardedRoute
 from service.idempotency import IdempotencyDep
 from service.pagination import decode_cursor, page_of
 from service.probe_sets.tables import ProbeSetFile
@@ -24,7 +25,7 @@ from shiftaudit.report import Report
 from shiftaudit_api.audits import AuditCreate, AuditEstimate, AuditOut, AuditStatus, AuditSummary
 from shiftaudit_api.common import Page
 
-router = APIRouter(prefix="/v1/audits", tags=["audits"])
+router = APIRouter(prefix="/v1/audits", tags=["audits"], route_class=GuardedRoute)
 
 
 @router.post(

@@ -21,7 +21,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TypeVar
@@ -33,7 +33,7 @@ from service.audits.runner import complete_audit, fail_audit, move_shard
 from service.audits.tables import Audit, AuditShard
 from service.db import make_engine, session_factory, utcnow
 from service.idempotency import purge_expired_keys
-from service.outbound_webhooks.outbox import dispatch_due
+from service.outbound_webhooks.outbox import DeliveryRules, dispatch_due
 from service.queue import AuditQueue, queue_from_settings
 from service.routing import job_id
 from service.settings import Settings
@@ -47,7 +47,7 @@ class Policy:
     stale_after: timedelta  # a heartbeat older than this means the worker is gone
     resend_after: timedelta  # a queued shard's message may be in flight this long
     max_attempts: int
-    webhook_allow_private: bool = False
+    webhooks: DeliveryRules = field(default_factory=DeliveryRules)
 
 
 def reconcile_once(
@@ -105,8 +105,7 @@ def reconcile_once(
     if expired:
         done["idempotency_keys_expired"] = expired
     # Now, not the pass's start: the events of this pass's merges are due too.
-    due = max(now, utcnow())
-    deliver = partial(dispatch_due, sessions, now=due, allow_private=policy.webhook_allow_private)
+    deliver = partial(dispatch_due, sessions, now=max(now, utcnow()), rules=policy.webhooks)
     webhooks = _isolated(done, "webhook deliveries", deliver) or Counter()
     done.update({f"webhook_{outcome}": count for outcome, count in webhooks.items()})
     return done
@@ -205,7 +204,11 @@ def policy_from(settings: Settings) -> Policy:
         stale_after=timedelta(seconds=settings.heartbeat_timeout_s),
         resend_after=timedelta(seconds=settings.resend_after_s),
         max_attempts=settings.max_attempts,
-        webhook_allow_private=settings.webhook_allow_private,
+        webhooks=DeliveryRules(
+            deadline_s=settings.webhook_deadline_s,
+            concurrency=settings.webhook_concurrency,
+            allow_private=settings.webhook_allow_private,
+        ),
     )
 
 

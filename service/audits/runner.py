@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -35,6 +34,7 @@ from service.models.tables import ModelFile
 from service.outbound_webhooks.outbox import record_audit_events
 from service.policies.evaluate import evaluate
 from service.probe_sets.tables import ProbeSetFile
+from service.scratch import scratch_directory
 from service.settings import Settings
 from service.storage import StorageError, storage_from_url
 from service.worker_cache import ArtifactCache
@@ -62,6 +62,7 @@ class JobOptions:
     limits: Limits
     cache_dir: Path
     cache_bytes: int
+    max_attempts: int = 3  # runs of a shard whose sweep was killed from outside
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
@@ -76,7 +77,14 @@ def job_options(settings: Settings, *, threads: int | None = None) -> JobOptions
         ),
         cache_dir=settings.resolved_worker_cache_dir,
         cache_bytes=settings.worker_cache_bytes,
+        max_attempts=settings.max_attempts,
     )
+
+
+def job_scratch(cache_dir: Path) -> Path:
+    """Where jobs of workers with this cache keep their scratch (one directory a job, named
+    after its process: `shiftaudit worker` and `serve` remove dead processes' on start)."""
+    return cache_dir / "scratch"
 
 
 def gpu_present() -> bool:
@@ -123,11 +131,11 @@ class _Job:
         try:
             with (
                 _Heartbeat(self) as heartbeat,
-                tempfile.TemporaryDirectory(prefix="shiftaudit-job-") as work,
+                scratch_directory(job_scratch(self.options.cache_dir), "job") as work,
             ):
                 cache = ArtifactCache(
                     self.options.cache_dir,
-                    storage_from_url(storage_url, tmp_dir=Path(work)),
+                    storage_from_url(storage_url, tmp_dir=work),
                     max_bytes=self.options.cache_bytes,
                 )
                 with cache.use(model_sha) as model, cache.use(probes_sha) as probes:
@@ -136,7 +144,7 @@ class _Job:
                         probes=probes,
                         config=config,
                         span=span,
-                        work_dir=Path(work),
+                        work_dir=work,
                         limits=self.options.limits,
                         on_tick=heartbeat.set_progress,
                         should_stop=heartbeat.stop_requested.is_set,
@@ -144,7 +152,12 @@ class _Job:
                     )
         except Stopped:
             return self._settle(AuditStatus.CANCELLED)
-        except (SandboxError, ShiftAuditError) as error:
+        except SandboxError as error:
+            where = f"shard {self.shard + 1} of {shards}: " if shards > 1 else ""
+            if error.transient:
+                return self._again(f"{where}{error}")
+            return self._fail(f"{where}{error}")
+        except ShiftAuditError as error:
             where = f"shard {self.shard + 1} of {shards}: " if shards > 1 else ""
             return self._fail(f"{where}{error}")
         except StorageError as error:  # missing, corrupt, or an outage outlasting the retries
@@ -247,6 +260,28 @@ class _Job:
             # From queued too: the reconciler may have re-queued a shard whose heartbeat a
             # database outage delayed; its result is as good as any other run's.
             self._update_shard(session, AuditStatus.RUNNING, AuditStatus.QUEUED, **values)
+
+    def _again(self, error: str) -> AuditStatus:
+        """The sweep was killed from outside: queue the shard again, as the reconciler does
+        for a lost worker (its next pass sends it), until it has run `max_attempts` times."""
+        with self.sessions() as session:
+            attempts = session.scalar(select(AuditShard.attempts).where(*self._shard_key()))
+        if attempts is not None and attempts >= self.options.max_attempts:
+            return self._fail(f"{error}; the audit failed after {attempts} attempts")
+        log.warning("audit %s shard %s: %s; queued again", self.audit_id, self.shard, error)
+
+        def write() -> None:
+            with self.sessions.begin() as session:
+                self._update_shard(
+                    session,
+                    AuditStatus.RUNNING,
+                    status=AuditStatus.QUEUED,
+                    progress=0.0,
+                    queued_at=utcnow(),
+                )
+
+        _retry(write)
+        return AuditStatus.QUEUED
 
     def _fail(self, error: str) -> AuditStatus:
         """Fail the shard and its audit (model and input errors are never retried)."""

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from service.errors import Invalid, NotFound
+from service.scratch import process_directory
 from service.settings import Settings
 from service.storage import ArtifactStorage
 from shiftaudit.config import AuditConfig
@@ -98,8 +99,9 @@ class _OpenProbeSets:
             self._sets.move_to_end(sha)
             return found
         limits = settings.probe_limits()
-        tmp_dir = (settings.data_dir / "tmp").resolve()
-        tmp_dir.mkdir(parents=True, exist_ok=True)
+        # Kept open across requests: this process's own directory, removed after a crash by
+        # the next start (service.scratch).
+        tmp_dir = process_directory(settings.data_dir / "tmp", "thumbnails").resolve()
         with storage.open_local(sha) as path:
             try:
                 opened = open_probe_set(

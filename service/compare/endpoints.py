@@ -9,9 +9,10 @@ from fastapi import APIRouter, Query
 
 from service.compare.service import compare_audits, model_trend, parse_audit_ids
 from service.deps import Reader, SessionDep
+from service.guard import GuardedRoute
 from shiftaudit_api.comparisons import ComparisonOut, TrendPoint
 
-router = APIRouter(prefix="/v1", tags=["compare"])
+router = APIRouter(prefix="/v1", tags=["compare"], route_class=GuardedRoute)
 
 
 @router.get("/compare")

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.deps import SessionDep, SettingsDep, Writer
 from service.errors import TooLarge
+from service.guard import GuardedRoute
 from service.idempotency import IdempotencyKeyHeader
 from service.models.service import MODELS, register_model
 from service.storage import ArtifactStorage, ArtifactTooLarge
 from service.stored_files.endpoints import add_routes, finish_upload
-from service.uploads import MultipartUpload, refuse_declared_length
+from service.uploads import MultipartUpload, refuse_declared_length, streams_own_body
 from shiftaudit_api.uploads import ModelUploaded
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], route_class=GuardedRoute)
 
 
 @router.post(
     "",
     status_code=201,
+    # Multipart, parsed while it streams, with the upload limits (after the key is checked).
+    dependencies=[Depends(streams_own_body)],
     response_model=ModelUploaded,
     responses={
         200: {"model": ModelUploaded, "description": "already uploaded"},

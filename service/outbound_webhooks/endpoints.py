@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from service.deps import Reader, SessionDep, SettingsDep, Writer
+from service.deps import Admin, Reader, SessionDep, SettingsDep
+from service.guard import GuardedRoute
 from service.outbound_webhooks import service
 from service.outbound_webhooks.repository import latest_deliveries, team_subscriptions
 from service.pagination import next_page_link
@@ -18,12 +19,12 @@ from shiftaudit_api.outbound_webhooks import (
     SubscriptionOut,
 )
 
-router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], route_class=GuardedRoute)
 
 
 @router.post("", status_code=201)
 def subscribe(
-    body: SubscriptionIn, principal: Writer, session: SessionDep, settings: SettingsDep
+    body: SubscriptionIn, principal: Admin, session: SessionDep, settings: SettingsDep
 ) -> CreatedSubscription:
     """Subscribe a URL to events. Each delivery is a JSON POST signed with the secret:
     `X-Shiftaudit-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`."""
@@ -52,7 +53,7 @@ def list_subscriptions(
 
 
 @router.delete("/{subscription_id}", status_code=204)
-def unsubscribe(subscription_id: uuid.UUID, principal: Writer, session: SessionDep) -> None:
+def unsubscribe(subscription_id: uuid.UUID, principal: Admin, session: SessionDep) -> None:
     service.unsubscribe(session=session, team_id=principal.team_id, subscription_id=subscription_id)
 
 

@@ -6,17 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from service.deps import Reader, SessionDep, Writer
+from service.deps import Admin, Reader, SessionDep
+from service.guard import GuardedRoute
 from service.pagination import next_page_link
 from service.policies import service
 from service.policies.repository import get_policy, policy_rows
 from shiftaudit_api.policies import PolicyIn, PolicyOut
 
-router = APIRouter(prefix="/v1/policies", tags=["policies"])
+router = APIRouter(prefix="/v1/policies", tags=["policies"], route_class=GuardedRoute)
 
 
 @router.post("", status_code=201)
-def create_policy(body: PolicyIn, principal: Writer, session: SessionDep) -> PolicyOut:
+def create_policy(body: PolicyIn, principal: Admin, session: SessionDep) -> PolicyOut:
     """Create a policy; audits name it in `policies` and carry its verdict when they finish.
 
     A policy never changes: audits are judged by the rules they were submitted with. To
@@ -48,6 +49,6 @@ def get(name: str, principal: Reader, session: SessionDep) -> PolicyOut:
 
 
 @router.delete("/{name}", status_code=204)
-def delete_policy(name: str, principal: Writer, session: SessionDep) -> None:
+def delete_policy(name: str, principal: Admin, session: SessionDep) -> None:
     """Delete a policy; audits already submitted with it keep their snapshot."""
     service.delete_policy(session=session, team_id=principal.team_id, name=name)

@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from service.deps import SessionDep, SettingsDep, Writer
 from service.errors import TooLarge
+from service.guard import GuardedRoute
 from service.idempotency import IdempotencyKeyHeader
 from service.probe_sets.service import PROBE_SETS, as_archive, register_probe_set
+from service.scratch import scratch_directory
 from service.storage import ArtifactStorage, ArtifactTooLarge
 from service.stored_files.endpoints import add_routes, finish_upload
-from service.uploads import MultipartUpload, refuse_declared_length
+from service.uploads import MultipartUpload, refuse_declared_length, streams_own_body
 from shiftaudit_api.uploads import ProbeSetUploaded
 
-router = APIRouter(prefix="/v1/probe-sets", tags=["probe sets"])
+router = APIRouter(prefix="/v1/probe-sets", tags=["probe sets"], route_class=GuardedRoute)
 
 
 @router.post(
     "",
     status_code=201,
+    # Multipart, parsed while it streams, with the upload limits (after the key is checked).
+    dependencies=[Depends(streams_own_body)],
     response_model=ProbeSetUploaded,
     responses={
         200: {"model": ProbeSetUploaded, "description": "already uploaded"},
@@ -72,40 +75,45 @@ async def upload_probe_set(
     refuse_declared_length(request, limit=limit, message=too_large)
     storage: ArtifactStorage = request.app.state.storage
     upload = MultipartUpload(request, max_files=settings.max_probe_images)
-    scratch_root = settings.data_dir / "tmp"
-    scratch_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=scratch_root) as scratch:
-        parts = await upload.save_files(Path(scratch), max_bytes=limit)
+    # One directory for everything this request unpacks (its parts, the packed tar, the
+    # extraction), named after this process: a restart after a crash finds and removes it.
+    with scratch_directory(settings.data_dir / "tmp", "request") as scratch:
+        parts = await upload.save_files(scratch, max_bytes=limit)
         source = await run_in_threadpool(
-            partial(as_archive, parts=parts, destination=Path(scratch) / "images.tar")
+            partial(as_archive, parts=parts, destination=scratch / "images.tar")
         )
         try:
             artifact = await run_in_threadpool(storage.put_stream, _read(source), max_bytes=limit)
         except ArtifactTooLarge as error:
             raise TooLarge(too_large) from error
+        for _, part in parts:  # stored now: only the extraction needs room from here on
+            part.unlink(missing_ok=True)
+        source.unlink(missing_ok=True)
 
-    def register() -> tuple[ProbeSetUploaded, bool]:
-        return register_probe_set(
+        def register() -> tuple[ProbeSetUploaded, bool]:
+            return register_probe_set(
+                session=session,
+                storage=storage,
+                settings=settings,
+                team_id=principal.team_id,
+                artifact=artifact,
+                raw_fields=upload.fields,
+                filename=upload.filename or "",
+                checks=request.app.state.probe_checks,
+                scratch=scratch,
+            )
+
+        return await finish_upload(
+            request=request,
+            response=response,
             session=session,
-            storage=storage,
-            settings=settings,
+            kind=PROBE_SETS,
             team_id=principal.team_id,
+            key=idempotency_key,
+            upload=upload,
             artifact=artifact,
-            raw_fields=upload.fields,
-            filename=upload.filename or "",
+            register=register,
         )
-
-    return await finish_upload(
-        request=request,
-        response=response,
-        session=session,
-        kind=PROBE_SETS,
-        team_id=principal.team_id,
-        key=idempotency_key,
-        upload=upload,
-        artifact=artifact,
-        register=register,
-    )
 
 
 def _read(path: Path) -> Iterator[bytes]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import tarfile
+import threading
 import uuid
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -65,11 +66,18 @@ def register_probe_set(
     artifact: StoredArtifact,
     raw_fields: dict[str, str],
     filename: str,
+    checks: threading.Semaphore,
+    scratch: Path,
 ) -> tuple[ProbeSetUploaded, bool]:
-    """The team's probe-set row for stored bytes, added (True) or existing (False)."""
+    """The team's probe-set row for stored bytes, added (True) or existing (False); the
+    archive is unpacked and checked while holding one of `checks` (a bounded number at once:
+    each may take up to the expansion limit of disk and a core), in the request's `scratch`."""
 
     def describe(path: Path, fields: StoredFileFields) -> dict[str, object]:
-        return _validated(path, settings, artifact.sha256, fields.class_names, filename)
+        with checks:
+            return _validated(
+                path, settings, artifact.sha256, fields.class_names, filename, scratch
+            )
 
     out, added = stored_files.register(
         session=session,
@@ -85,12 +93,16 @@ def register_probe_set(
 
 
 def _validated(
-    path: Path, settings: Settings, sha256: str, class_names: list[str] | None, filename: str
+    path: Path,
+    settings: Settings,
+    sha256: str,
+    class_names: list[str] | None,
+    filename: str,
+    scratch: Path,
 ) -> dict[str, object]:
-    """Open the stored archive with the engine's loader, decoding every image; Invalid if
-    refused. Returns the probe-set columns."""
-    tmp_dir = (settings.data_dir / "tmp").resolve()
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    """Open the stored archive with the engine's loader (extracting under `scratch`),
+    decoding every image; Invalid if refused. Returns the probe-set columns."""
+    tmp_dir = scratch.resolve()
     try:
         with open_probe_set(
             path,

@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service.deps import Reader, SessionDep, SettingsDep, Writer
+from service.deps import Admin, Reader, SessionDep, SettingsDep, Writer
 from service.errors import TooLarge
+from service.guard import GuardedRoute
 from service.idempotency import REPLAYED_HEADER
 from service.registry_hooks import service
 from service.registry_hooks.service import HookOutcome
@@ -24,13 +25,13 @@ from shiftaudit_api.registry_hooks import (
     MlflowIgnored,
 )
 
-router = APIRouter(prefix="/v1/hooks", tags=["hooks"])
+router = APIRouter(prefix="/v1/hooks", tags=["hooks"], route_class=GuardedRoute)
 MAX_DELIVERY_BYTES = 1 << 20
 
 
 @router.put("/defaults")
 def set_defaults(
-    body: HookDefaults, principal: Writer, session: SessionDep, settings: SettingsDep
+    body: HookDefaults, principal: Admin, session: SessionDep, settings: SettingsDep
 ) -> HookDefaults:
     """What hooks audit new model versions with: probe set, config, policies, GPU type."""
     return service.set_defaults(
@@ -74,7 +75,7 @@ def connect_mlflow(
     body: MlflowConnectionIn,
     request: Request,
     response: Response,
-    principal: Writer,
+    principal: Admin,
     session: SessionDep,
     settings: SettingsDep,
 ) -> MlflowConnectionSaved:
@@ -99,7 +100,7 @@ def get_mlflow_connection(
 
 
 @router.delete("/mlflow/connection", status_code=204)
-def delete_mlflow_connection(principal: Writer, session: SessionDep) -> None:
+def delete_mlflow_connection(principal: Admin, session: SessionDep) -> None:
     """Disconnect: deliveries for the team are refused (401) from now on."""
     service.disconnect_mlflow(session=session, team_id=principal.team_id)
 

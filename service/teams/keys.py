@@ -8,6 +8,9 @@ import secrets
 from dataclasses import dataclass
 
 PREFIX = "sa"
+# What an unknown key id's secret is compared with: a digest as long as a real one, which
+# no secret produces but that costs the same to check.
+DUMMY_HASH = hashlib.sha256(b"shiftaudit: no key has this id").hexdigest()
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,16 @@ from service.db import Base, RecordMixin, UTCDateTime
 
 
 class Scope(enum.StrEnum):
-    """Ordered: each scope includes the ones before it."""
+    """Ordered: each scope includes the ones before it. read: read everything of the team;
+    write: also upload, audit, cancel and delete uploads; admin: also create, change and
+    delete the team's keys, policies, webhooks and hook settings."""
 
     READ = "read"
     WRITE = "write"
     ADMIN = "admin"
 
     def allows(self, needed: Scope) -> bool:
+        """Whether a key of this scope may do what `needed` allows."""
         order = list(Scope)
         return order.index(self) >= order.index(needed)
 
@@ -43,5 +46,9 @@ class ApiKey(RecordMixin, Base):
     )
     name: Mapped[str] = mapped_column(String(100), default="")
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # Past it the key is refused like a revoked one; None: it never expires.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+    # Written at most once a minute per key (LAST_USED_EVERY), not once a request.
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
     team: Mapped[Team] = relationship(back_populates="keys")

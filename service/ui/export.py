@@ -21,6 +21,7 @@ from service.audits.tables import Audit
 from service.audits.thumbnails import ShiftedProbe, render_png
 from service.deps import Reader, SessionDep, SettingsDep
 from service.errors import DomainError
+from service.guard import GuardedRoute
 from service.models.tables import ModelFile
 from service.probe_sets.tables import ProbeSetFile
 from service.settings import Settings
@@ -31,7 +32,7 @@ from shiftaudit.report import Report
 from shiftaudit_api.audits import AuditOut
 from shiftaudit_api.uploads import ModelOut, ProbeSetOut
 
-router = APIRouter(prefix="/v1/audits", tags=["audits"])
+router = APIRouter(prefix="/v1/audits", tags=["audits"], route_class=GuardedRoute)
 # The scripts the export runs, in order: the same files as the report page, then its start.
 SCRIPTS = ("static/dom.js", "static/charts.js", "static/export.js")
 

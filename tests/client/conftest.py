@@ -30,6 +30,8 @@ class Served:
     key: str
     env: dict[str, str]
     """The environment for `shiftaudit` commands that talk to this service."""
+    admin_key: str = ""
+    """The same team's admin key: policies, webhooks and hook settings take one."""
 
 
 def service_environment(data_dir: Path) -> dict[str, str]:
@@ -44,6 +46,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
     data_dir = tmp_path_factory.mktemp("served")
     env = service_environment(data_dir)
     key = issue_key(env, team="pipelines", scope="write")
+    admin_key = issue_key(env, team="pipelines", scope="admin")
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "shiftaudit_cli", "serve", "--port", str(port)],
@@ -55,7 +58,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
     try:
         with httpx.Client(base_url=url) as http:
             wait_ready(http, server)
-        yield Served(url, key, env | {"SHIFTAUDIT_URL": url, "SHIFTAUDIT_API_KEY": key})
+        yield Served(url, key, env | {"SHIFTAUDIT_URL": url, "SHIFTAUDIT_API_KEY": key}, admin_key)
     finally:
         server.terminate()
         server.wait(timeout=30)

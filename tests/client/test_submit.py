@@ -22,7 +22,7 @@ def gate(served, tmp_path_factory):
     """A policy the stride-1 net passes and the stride-2 net fails, and the sweep's config."""
     response = httpx.post(
         f"{served.url}/v1/policies",
-        headers={"Authorization": f"Bearer {served.key}"},
+        headers={"Authorization": f"Bearer {served.admin_key}"},
         json={"name": "gate", "thresholds": [{"metric": "consistency", "op": ">=", "value": 0.99}]},
     )
     assert response.status_code == 201, response.text

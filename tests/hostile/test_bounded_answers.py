@@ -30,13 +30,13 @@ def test_policies_and_webhooks_are_paged_with_a_capped_limit(app_and_keys):
     app, keys = app_and_keys
     app.state.settings.webhook_allow_private = True
     client = TestClient(app)
-    write, read = _auth(keys, "alpha-write"), _auth(keys, "alpha-read")
+    admin, read = _auth(keys, "alpha-admin"), _auth(keys, "alpha-read")
     names = [f"policy-{i:03d}" for i in range(230)]
     for name in names:
-        assert client.post("/v1/policies", headers=write, json={"name": name}).status_code == 201
+        assert client.post("/v1/policies", headers=admin, json={"name": name}).status_code == 201
     for i in range(5):
         hook = {"url": f"http://127.0.0.1:9/hook-{i}", "events": ["audit.failed"]}
-        assert client.post("/v1/webhooks", headers=write, json=hook).status_code == 201
+        assert client.post("/v1/webhooks", headers=admin, json=hook).status_code == 201
     policies, sizes = _pages(client, read, "/v1/policies")
     assert [p["name"] for p in policies] == names
     assert sizes == [100, 100, 30]

@@ -16,6 +16,7 @@ from service.settings import TeamLimits
 from shiftaudit.config import AuditConfig
 from shiftaudit.cost import layer_profile_forward_passes
 from shiftaudit.shifts import plan_shifts
+from tests.hostile.conftest import BOTH
 from tests.hostile.inputs import uploaded_ids
 from tests.service.conftest import record_audits
 from tests.service.test_audits_api import _auth
@@ -57,6 +58,7 @@ def test_the_estimate_is_the_sweep_the_engine_would_run_and_its_layer_profile(
     assert created.json()["forward_passes"] == found["forward_passes"]
 
 
+@BOTH
 def test_an_audit_over_the_limit_is_refused_with_the_estimate(app_and_keys, ids_for):
     app, keys = app_and_keys
     record_audits(app)
@@ -116,6 +118,7 @@ def test_large_audits_are_split_by_cost_so_no_shard_runs_too_long(app_and_keys, 
     assert [(s.probe_start, s.probe_stop) for s in shards] == [(0, 2), (2, 4), (4, 6), (6, 8)]
 
 
+@BOTH
 def test_a_small_audit_of_another_team_runs_next_not_last(app_and_keys, ids_for):
     """One worker (the embedded runner), team alpha's audit in four shards queued first,
     then team beta's one-shard audit: beta's shard is the second to start."""

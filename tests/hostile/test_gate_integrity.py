@@ -62,7 +62,7 @@ def service(app_and_keys, files):
         "wide": upload("/v1/models", "w", files["wide"]),
         "probes": upload("/v1/probe-sets", "p", files["probes"]),
     }
-    return client, write, ids, app
+    return client, write, ids, app, _auth(keys, "alpha-admin")
 
 
 def _send(client, headers, path, body, method="POST"):
@@ -77,7 +77,7 @@ def _send(client, headers, path, body, method="POST"):
 
 @pytest.mark.parametrize(("config", "field", "why"), BAD_CONFIGS)
 def test_an_audit_with_a_bad_config_is_refused_naming_the_field(service, config, field, why):
-    client, write, ids, app = service
+    client, write, ids, app, _ = service
     body = {"model_id": ids["model"], "probe_set_id": ids["probes"], "config": config}
     answer = _send(client, write, "/v1/audits", body)
     assert answer.status_code == 422, answer.text
@@ -88,24 +88,24 @@ def test_an_audit_with_a_bad_config_is_refused_naming_the_field(service, config,
 
 @pytest.mark.parametrize(("config", "field", "why"), BAD_CONFIGS)
 def test_hook_defaults_with_a_bad_config_are_refused(service, config, field, why):
-    client, write, ids, _ = service
+    client, _, ids, _, admin = service
     body = {"probe_set_id": ids["probes"], "config": config}
-    answer = _send(client, write, "/v1/hooks/defaults", body, method="PUT")
+    answer = _send(client, admin, "/v1/hooks/defaults", body, method="PUT")
     assert answer.status_code == 422, answer.text
     assert f"config.{field}" in answer.json()["detail"]
 
 
 def test_a_non_finite_policy_threshold_and_a_dot_name_are_refused(service):
-    client, write, _, _ = service
+    client, _, _, _, admin = service
     nan = {
         "name": "gate",
         "thresholds": [{"metric": "consistency", "op": ">=", "value": float("nan")}],
     }
-    answer = _send(client, write, "/v1/policies", nan)
+    answer = _send(client, admin, "/v1/policies", nan)
     assert answer.status_code == 422, answer.text
     assert "thresholds.0.value" in answer.json()["detail"]
     for name in ("..", ".", ".hidden"):
-        dotted = _send(client, write, "/v1/policies", {"name": name})
+        dotted = _send(client, admin, "/v1/policies", {"name": name})
         assert dotted.status_code == 422, (name, dotted.text)
         assert "name" in dotted.json()["detail"]
 
@@ -113,7 +113,7 @@ def test_a_non_finite_policy_threshold_and_a_dot_name_are_refused(service):
 def test_a_canvas_that_does_not_fit_the_declared_input_is_refused_at_create(service):
     """The model file declares 96x96 (read from its graph, never run): a canvas of every
     position at step 1 has 6561 of them, more than an exhaustive sweep takes."""
-    client, write, ids, app = service
+    client, write, ids, app, _ = service
     canvas = {"sweep": {"mode": "canvas", "object_size": 16, "step": 1}}
     body = {"model_id": ids["wide"], "probe_set_id": ids["probes"], "config": canvas}
     answer = _send(client, write, "/v1/audits", body)

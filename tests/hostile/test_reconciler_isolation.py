@@ -17,6 +17,7 @@ from service.audits.reconciler import policy_from, reconcile_once
 from service.audits.tables import Audit, AuditShard
 from service.db import utcnow
 from shiftaudit_api.audits import AuditStatus
+from tests.hostile.conftest import BOTH
 from tests.service.test_audits_api import CONFIG, _auth, _upload_inputs
 from tests.service.test_audits_api import inputs as inputs
 from tests.service.test_webhooks import Receiver
@@ -71,6 +72,7 @@ def _copy_as_unmerged(session, source: uuid.UUID, *, config: dict) -> uuid.UUID:
     return copied.id
 
 
+@BOTH
 def test_a_poisoned_audit_fails_alone_and_another_teams_merge_and_webhook_proceed(
     app_and_keys,
     inputs,

@@ -59,7 +59,8 @@ PEPPER = "p" * 40  # the test deployments' key pepper
 
 @pytest.fixture
 def app_and_keys(database_url, tmp_path):
-    """A migrated app with keys: alpha-read, alpha-write (team alpha), beta-admin (team beta).
+    """A migrated app with keys: alpha-read, alpha-write, alpha-admin (team alpha), beta-admin
+    (team beta).
 
     Everything is dropped again afterwards, so the shared PostgreSQL database starts empty.
     """
@@ -68,7 +69,12 @@ def app_and_keys(database_url, tmp_path):
     app = create_app(settings)
     keys = {}
     with app.state.sessions.begin() as session:
-        for team, scope in [("alpha", Scope.READ), ("alpha", Scope.WRITE), ("beta", Scope.ADMIN)]:
+        for team, scope in [
+            ("alpha", Scope.READ),
+            ("alpha", Scope.WRITE),
+            ("alpha", Scope.ADMIN),
+            ("beta", Scope.ADMIN),
+        ]:
             _, plaintext = create_key(
                 session, team=get_or_create_team(session, name=team), scope=scope, pepper=PEPPER
             )

@@ -3,7 +3,8 @@
 The routes come from the app itself, so an endpoint added without a row in MATRIX fails here.
 Callers: no key (and an unknown key) -> 401; team beta's admin key on team alpha's resource
 -> 404 (another team's resources do not exist for it); alpha's read key on a write endpoint
--> 403; otherwise the endpoint's success status. Audits are handed to a recording queue, so
+and its write key on an admin one (keys, policies, webhooks, hook settings) -> 403;
+otherwise the endpoint's success status. Audits are handed to a recording queue, so
 nothing runs: authorization is decided before anything is queued.
 """
 
@@ -115,15 +116,22 @@ class World:
         self.policies_created += 1
         name = f"policy-{self.policies_created}"
         response = self.client.post(
-            "/v1/policies", headers=self.headers["write"], json=policy_body(name)
+            "/v1/policies", headers=self.headers["admin"], json=policy_body(name)
         )
         assert response.status_code == 201, response.text
         return name
 
     def create_webhook(self) -> str:
-        response = self.client.post("/v1/webhooks", headers=self.headers["write"], json=HOOK)
+        response = self.client.post("/v1/webhooks", headers=self.headers["admin"], json=HOOK)
         assert response.status_code == 201, response.text
         return self._remember(response.json()["id"])
+
+    def create_key(self) -> str:
+        """A fresh key of alpha's, by its public id (revoking it consumes it)."""
+        with self.app.state.sessions.begin() as session:
+            alpha = session.scalars(select(Team).where(Team.name == "alpha")).one()
+            row, _ = create_key(session, team=alpha, scope=Scope.READ, pepper=PEPPER)
+        return self._remember(row.key_id)
 
     def audit_body(self) -> dict[str, Any]:
         return {"model_id": self.model_id, "probe_set_id": self.probe_set_id, "config": CONFIG}
@@ -170,6 +178,14 @@ def _probe_set_upload(world: World) -> tuple[str, dict[str, Any]]:
 
 MATRIX: dict[tuple[str, str], Row] = {
     ("GET", "/v1/me"): Row(Scope.READ, frozenset({200}), lambda w: ("/v1/me", {}), False),
+    # The team's own keys: beta lists and makes its own; alpha's key ids are 404 for it.
+    ("GET", "/v1/keys"): Row(Scope.ADMIN, frozenset({200}), lambda w: ("/v1/keys", {}), False),
+    ("POST", "/v1/keys"): Row(
+        Scope.ADMIN, frozenset({201}), lambda w: ("/v1/keys", {"json": {"scope": "read"}}), False
+    ),
+    ("DELETE", "/v1/keys/{key_id}"): Row(
+        Scope.ADMIN, frozenset({204}), lambda w: (f"/v1/keys/{w.create_key()}", {}), True
+    ),
     ("POST", "/v1/models"): Row(Scope.WRITE, frozenset({200, 201}), _model_upload, False),
     ("GET", "/v1/models"): Row(Scope.READ, frozenset({200}), lambda w: ("/v1/models", {}), False),
     ("GET", "/v1/models/{model_id}"): Row(
@@ -209,7 +225,7 @@ MATRIX: dict[tuple[str, str], Row] = {
         Scope.WRITE, frozenset({200}), lambda w: (f"/v1/audits/{w.create_audit()}/cancel", {}), True
     ),
     ("POST", "/v1/policies"): Row(
-        Scope.WRITE,
+        Scope.ADMIN,
         frozenset({201}),
         lambda w: ("/v1/policies", {"json": policy_body(f"new-{uuid.uuid4().hex[:8]}")}),
         False,
@@ -221,16 +237,16 @@ MATRIX: dict[tuple[str, str], Row] = {
         Scope.READ, frozenset({200}), lambda w: (f"/v1/policies/{w.create_policy()}", {}), True
     ),
     ("DELETE", "/v1/policies/{name}"): Row(
-        Scope.WRITE, frozenset({204}), lambda w: (f"/v1/policies/{w.create_policy()}", {}), True
+        Scope.ADMIN, frozenset({204}), lambda w: (f"/v1/policies/{w.create_policy()}", {}), True
     ),
     ("POST", "/v1/webhooks"): Row(
-        Scope.WRITE, frozenset({201}), lambda w: ("/v1/webhooks", {"json": HOOK}), False
+        Scope.ADMIN, frozenset({201}), lambda w: ("/v1/webhooks", {"json": HOOK}), False
     ),
     ("GET", "/v1/webhooks"): Row(
         Scope.READ, frozenset({200}), lambda w: ("/v1/webhooks", {}), False
     ),
     ("DELETE", "/v1/webhooks/{subscription_id}"): Row(
-        Scope.WRITE, frozenset({204}), lambda w: (f"/v1/webhooks/{w.create_webhook()}", {}), True
+        Scope.ADMIN, frozenset({204}), lambda w: (f"/v1/webhooks/{w.create_webhook()}", {}), True
     ),
     ("GET", "/v1/webhooks/{subscription_id}/deliveries"): Row(
         Scope.READ,
@@ -242,7 +258,7 @@ MATRIX: dict[tuple[str, str], Row] = {
         Scope.READ, frozenset({200}), lambda w: ("/v1/trend?model_name=m", {}), False
     ),
     ("PUT", "/v1/hooks/defaults"): Row(
-        Scope.WRITE,
+        Scope.ADMIN,
         frozenset({200}),
         lambda w: ("/v1/hooks/defaults", {"json": {"probe_set_id": w.probe_set_id}}),
         True,
@@ -262,7 +278,7 @@ MATRIX: dict[tuple[str, str], Row] = {
         False,
     ),
     ("PUT", "/v1/hooks/mlflow/connection"): Row(
-        Scope.WRITE,
+        Scope.ADMIN,
         frozenset({200, 201}),
         lambda w: ("/v1/hooks/mlflow/connection", {"json": {"tracking_uri": MLFLOW}}),
         False,
@@ -272,7 +288,7 @@ MATRIX: dict[tuple[str, str], Row] = {
         Scope.READ, frozenset({200, 404}), lambda w: ("/v1/hooks/mlflow/connection", {}), False
     ),
     ("DELETE", "/v1/hooks/mlflow/connection"): Row(
-        Scope.WRITE, frozenset({204, 404}), lambda w: ("/v1/hooks/mlflow/connection", {}), False
+        Scope.ADMIN, frozenset({204, 404}), lambda w: ("/v1/hooks/mlflow/connection", {}), False
     ),
     # MLflow's webhook: no API key lets a delivery in, only its signature (none here): 401 for
     # every caller, whatever key it sends.

@@ -47,10 +47,11 @@ def store(files):  # noqa: F811
 
 
 def _prepared(app, keys, probes: bytes, store) -> tuple[TestClient, dict[str, str], str]:
-    """A client allowed to fetch from `store`, alpha's write headers, and its probe set."""
+    """A client allowed to fetch from `store`, alpha's admin headers (hook defaults and
+    policies take an admin key), and its probe set."""
     app.state.settings.hook_artifact_prefixes = [store.prefix]
     client = TestClient(app)
-    write = _auth(keys, "alpha-write")
+    write = _auth(keys, "alpha-admin")
     probe_set_id = client.post(
         "/v1/probe-sets",
         headers=write,

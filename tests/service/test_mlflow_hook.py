@@ -186,7 +186,8 @@ def test_deliveries_are_verified_deduplicated_and_audited(
     queue = record_audits(app)
     app.state.settings.hook_artifact_prefixes = [f"{mlflow_server}/"]
     client = TestClient(app)
-    write, beta = _auth(keys, "alpha-write"), _auth(keys, "beta-admin")
+    # Connecting MLflow and setting hook defaults take an admin key.
+    write, beta = _auth(keys, "alpha-admin"), _auth(keys, "beta-admin")
     connection_url = "/v1/hooks/mlflow/connection"
 
     # Connecting: only allow-listed tracking servers, the secret shown once.
@@ -326,13 +327,14 @@ def test_deliveries_are_verified_deduplicated_and_audited(
 
 @contextmanager
 def _service(tmp_path: Path, prefixes: list[str]) -> Iterator[httpx.Client]:
-    """Our service as a real uvicorn server (embedded runner), with a write key."""
+    """Our service as a real uvicorn server (embedded runner), with an admin key (it sets the
+    hook defaults and connects MLflow)."""
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     upgrade(url)
     engine = make_engine(url)
     with session_factory(engine).begin() as session:
         team = get_or_create_team(session, name="vision")
-        _, key = create_key(session, team=team, scope=Scope.WRITE, pepper=PEPPER)
+        _, key = create_key(session, team=team, scope=Scope.ADMIN, pepper=PEPPER)
     engine.dispose()
     port = free_port()
     env = _env(

@@ -30,7 +30,7 @@ def files(tmp_path_factory):
     }
 
 
-def _post_policy(client, keys, body, key="alpha-write"):
+def _post_policy(client, keys, body, key="alpha-admin"):
     return client.post("/v1/policies", headers=_auth(keys, key), json=body)
 
 
@@ -52,7 +52,7 @@ def test_policies_are_created_listed_and_deleted_per_team(app_and_keys):
     assert [p["name"] for p in listed] == ["gate"]
     assert client.get("/v1/policies", headers=_auth(keys, "beta-admin")).json() == []
     assert client.get("/v1/policies/gate", headers=_auth(keys, "beta-admin")).status_code == 404
-    assert client.delete("/v1/policies/gate", headers=_auth(keys, "alpha-write")).status_code == 204
+    assert client.delete("/v1/policies/gate", headers=_auth(keys, "alpha-admin")).status_code == 204
     assert client.get("/v1/policies/gate", headers=_auth(keys, "alpha-read")).status_code == 404
 
 
@@ -193,7 +193,7 @@ def test_a_baseline_that_cannot_be_compared_fails_the_gate_and_stalls_nothing(ap
             )
         hook = client.post(
             "/v1/webhooks",
-            headers=write,
+            headers=_auth(keys, "alpha-admin"),
             json={"url": receiver.url, "events": ["audit.policy_failed"]},
         )
         assert hook.status_code == 201, hook.text

@@ -60,7 +60,7 @@ def test_audit_events_are_signed_retried_and_logged(app_and_keys, files, tmp_pat
     app.state.settings.webhook_allow_private = True  # the receiver is on loopback
     app.state.settings.reconcile_interval_s = 0.3
     receiver = Receiver([503])
-    write = _auth(keys, "alpha-write")
+    write = _auth(keys, "alpha-admin")  # webhooks and policies take an admin key
     try:
         with TestClient(app) as client:  # the lifespan runs the dispatcher
             subscribed = client.post(
@@ -160,7 +160,7 @@ def test_internal_destinations_are_refused(app_and_keys, url, why):
     app, keys = app_and_keys
     response = TestClient(app).post(
         "/v1/webhooks",
-        headers=_auth(keys, "alpha-write"),
+        headers=_auth(keys, "alpha-admin"),
         json={"url": url, "events": ["audit.succeeded"]},
     )
     assert response.status_code == 422

@@ -165,6 +165,7 @@ def test_report_page_draws_every_chart_from_the_report(server: Server, page):
     shapes = tab.evaluate("() => document.getElementById('chart-layers').layout.shapes")
     marked = [s["x0"] for s in shapes if s["type"] == "line" and s.get("xref") == "x"]
     assert born in marked
+
     # One shaded band per stride stage: each run of layers at one stride along depth (the
     # layers between maps in their stage, those after the last map apart).
     def stage_stride(entry):

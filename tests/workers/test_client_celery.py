@@ -11,13 +11,23 @@ import httpx
 import pytest
 
 from service.demo import wait_ready
+from service.teams.repository import create_key
+from service.teams.tables import Scope, Team
 from shiftaudit_api.policies import Threshold
 from shiftaudit_client import Client, api
 from shiftaudit_client.cli import Exit
 from tests.nets import GlobalPoolNet, export_program, phase_probes
 from tests.service.loopback import free_port
 
-from .conftest import CONFIG
+from .conftest import CONFIG, PEPPER
+
+
+def _admin_key(deployment) -> str:
+    """An admin key of the deployment's team."""
+    with deployment.sessions.begin() as session:
+        team = session.query(Team).filter_by(name="alpha").one()
+        _, key = create_key(session, team=team, scope=Scope.ADMIN, pepper=PEPPER)
+    return key
 
 
 @pytest.fixture
@@ -42,7 +52,7 @@ def test_submit_gates_on_a_policy_through_celery_workers(served_api, tmp_path):
     probes = phase_probes(tmp_path / "probes", 12)
     config = tmp_path / "config.json"
     config.write_text(json.dumps(CONFIG))
-    with Client(url, key) as client:
+    with Client(url, _admin_key(deployment)) as client:  # policies take an admin key
         gate = Threshold(metric="consistency", op=">=", value=0.99)
         client.send(api.create_policy(name="gate", thresholds=[gate]))
 
