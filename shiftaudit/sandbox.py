@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 import signal
@@ -23,12 +24,16 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import plain_message
 from .report import ShardResult
+
+log = logging.getLogger(__name__)
 
 # Variables a sweep may see; everything else (database and broker URLs, keys, cloud
 # credentials) stays in the parent.
@@ -178,10 +183,13 @@ def _outcome(code: int, work_dir: Path, stderr_path: Path, limits: Limits) -> Sh
         return ShardResult.model_validate_json((work_dir / "result.json").read_bytes())
     if code == _INPUT_ERROR_EXIT:
         message = json.loads((work_dir / "error.json").read_text())["message"]
-        raise SandboxError(message, input_error=True)
+        log.info("audit refused its input: %s; the trace: %s", message, _tail(stderr_path))
+        raise SandboxError(plain_message(message), input_error=True)
     if code == _MEMORY_EXIT:
         raise SandboxError(_memory_message(limits))
-    tail = _tail(stderr_path)
+    # The child's last lines are a trace with the worker's paths: the worker's log keeps them,
+    # the tenant gets one sentence.
+    log.warning("audit process exited with %s; its last lines: %s", code, _tail(stderr_path))
     if code < 0:
         name = _signal_name(-code)
         if -code not in MODEL_FAULTS:
@@ -190,8 +198,10 @@ def _outcome(code: int, work_dir: Path, stderr_path: Path, limits: Limits) -> Sh
                 "out-of-memory killer, not by the model",
                 transient=True,
             )
-        raise SandboxError(f"the model crashed the audit process ({name}){tail}")
-    raise SandboxError(f"the audit process failed with exit code {code}{tail}")
+        raise SandboxError(f"the model crashed the audit process ({name})")
+    raise SandboxError(
+        f"the audit process failed with exit code {code} (the worker's log has its last lines)"
+    )
 
 
 def _signal_name(number: int) -> str:
@@ -206,9 +216,8 @@ def _memory_message(limits: Limits) -> str:
     return f"the model ran out of memory: the audit's memory limit{limit} was exceeded"
 
 
-def _tail(path: Path, lines: int = 5) -> str:
-    text = path.read_text(errors="replace").strip().splitlines()[-lines:]
-    return (": " + " | ".join(text)) if text else ""
+def _tail(path: Path, lines: int = 100) -> str:
+    return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
 
 
 def _wait(child: subprocess.Popen[bytes], seconds: float) -> None:
@@ -304,6 +313,7 @@ def _child(job_path: Path) -> int:
             tuning_cache=None if job["tuning_cache"] is None else Path(job["tuning_cache"]),
         )
     except ShiftAuditError as error:
+        traceback.print_exception(error)  # the whole trace, for the worker's log
         (out / "error.json").write_text(json.dumps({"message": str(error)}))
         return _INPUT_ERROR_EXIT
     except Exception as error:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from shiftaudit.config import AuditConfig
 from shiftaudit.engine import sweep_shard
@@ -85,6 +87,55 @@ def test_refused_probes_are_an_input_error(tmp_path):
     with pytest.raises(SandboxError, match=r"a\.png") as raised:
         _sweep(model, tmp_path / "probes", tmp_path / "work")
     assert raised.value.input_error
+
+
+def test_a_crash_in_the_engine_is_one_sentence_and_its_trace_goes_to_the_log(tmp_path, caplog):
+    model = export_program(AliasingNet(), tmp_path / "m.pt2")
+    work = tmp_path / "work"
+    work.mkdir()
+    with (
+        caplog.at_level(logging.WARNING, logger="shiftaudit.sandbox"),
+        pytest.raises(SandboxError) as raised,
+    ):
+        sweep_in_sandbox(  # a config only the child reads: it dies on a trace
+            model=model,
+            probes=noise_probes(tmp_path / "probes", 4),
+            config={"sweep": {"mode": "spiral"}},
+            span=None,
+            work_dir=work,
+            limits=Limits(wall_time_s=120),
+            on_tick=lambda progress: None,
+            should_stop=lambda: False,
+        )
+    assert str(raised.value) == (
+        "the audit process failed with exit code 1 (the worker's log has its last lines)"
+    )
+    assert not raised.value.input_error
+    assert not raised.value.transient
+    assert "Traceback" in caplog.text
+    assert "spiral" in caplog.text
+
+
+class _RaisesInForward(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 0:
+            raise RuntimeError("the head expects 7 channels")
+        return x.mean(dim=(2, 3))
+
+
+def test_a_models_own_error_is_its_last_line_without_the_trace_or_paths(tmp_path, caplog):
+    model = tmp_path / "m.pt"  # TorchScript puts its trace and the author's paths first
+    torch.jit.script(_RaisesInForward()).save(str(model))
+    with (
+        caplog.at_level(logging.INFO, logger="shiftaudit.sandbox"),
+        pytest.raises(SandboxError) as raised,
+    ):
+        _sweep(model, noise_probes(tmp_path / "probes", 10), tmp_path / "work")
+    assert raised.value.input_error
+    assert str(raised.value).endswith("RuntimeError: the head expects 7 channels")
+    assert "Traceback" not in str(raised.value)
+    assert __file__ not in str(raised.value)
+    assert __file__ in caplog.text, "the whole trace is in the worker's log"
 
 
 def _children():

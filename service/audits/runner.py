@@ -40,7 +40,7 @@ from service.storage import StorageError, storage_from_url
 from service.worker_cache import ArtifactCache
 from shiftaudit.config import AuditConfig
 from shiftaudit.engine import merge_shards
-from shiftaudit.errors import ShiftAuditError
+from shiftaudit.errors import ShiftAuditError, plain_message
 from shiftaudit.report import Report, ShardResult
 from shiftaudit.sandbox import Limits, SandboxError, Stopped, sweep_in_sandbox
 from shiftaudit_api.audits import OPEN_STATUSES, AuditStatus
@@ -162,9 +162,12 @@ class _Job:
             return self._fail(f"{where}{error}")
         except StorageError as error:  # missing, corrupt, or an outage outlasting the retries
             return self._fail(f"artifact storage: {error}")
-        except Exception as error:  # the worker itself: this audit fails, not others
+        except Exception:  # the worker itself: this audit fails, not others
             log.exception("audit %s shard %s failed", self.audit_id, self.shard)
-            return self._fail(f"internal error: {type(error).__name__}: {error}")
+            return self._fail(
+                "the worker failed on an internal error, not the model's or the input's; "
+                "its log has the details"
+            )
         return self._succeed(result)
 
     def _claim(
@@ -326,7 +329,7 @@ def fail_audit(session: Session, audit_id: uuid.UUID, error: str) -> bool:
     failed = session.execute(
         update(Audit)
         .where(Audit.id == audit_id, Audit.status.in_(OPEN_STATUSES))
-        .values(status=AuditStatus.FAILED, finished_at=utcnow(), error=error)
+        .values(status=AuditStatus.FAILED, finished_at=utcnow(), error=plain_message(error))
     )
     if failed.rowcount != 1:  # type: ignore[attr-defined]
         return False
@@ -399,7 +402,11 @@ def _finish(
     policy_result: PolicyResult | None = None,
 ) -> AuditStatus | None:
     """Write the final state once: only a running audit can finish (not a cancelled one)."""
-    values: dict[str, object] = {"status": status, "finished_at": utcnow(), "error": error}
+    values: dict[str, object] = {
+        "status": status,
+        "finished_at": utcnow(),
+        "error": None if error is None else plain_message(error),
+    }
     if policy_result is not None:
         values["policy_result"] = policy_result.model_dump(mode="json")
     if report is not None:

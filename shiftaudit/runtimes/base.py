@@ -92,10 +92,14 @@ class Runtime:
             if is_out_of_memory(exc):
                 raise
             d = self.declared
+            expects = (
+                f"it expects {shape_str(d.layout, d.channels, d.height, d.width)}"
+                if d.layout
+                else "it declares no input shape"
+            )
             raise ModelError(
-                f"{self.format} model failed on input of shape {tuple(x.shape)}; it expects "
-                f"{shape_str(d.layout, d.channels, d.height, d.width) if d.layout else '?'}: "
-                f"{str(exc).strip()[:500]}"
+                f"{self.format} model failed on input of shape {tuple(x.shape)} ({expects}): "
+                f"{_last_line(exc)}"
             ) from exc
 
     def _forward(self, x: torch.Tensor) -> Any:
@@ -103,3 +107,13 @@ class Runtime:
 
     def _forward_layers(self, x: torch.Tensor) -> tuple[Any, list[LayerOutput]]:
         raise NotImplementedError
+
+
+def _last_line(exc: Exception) -> str:
+    """The line of a runtime's message that says what went wrong.
+
+    TorchScript and ONNX Runtime put their own trace first (serialized code, the author's
+    source paths) and the error itself last; the whole trace stays on the sandbox's stderr.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
