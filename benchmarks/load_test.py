@@ -10,8 +10,8 @@ duration:
 - each pipeline loops: upload the model and the probe set (deduplicated by the server after
   the first), queue an audit with a fresh seed (a new request, never reused), poll it every
   second until it finishes;
-- each dashboard loops: list the newest audits, fetch one finished audit and its report, and
-  the model's trend.
+- each dashboard loops, for as long as the pipelines run: list the newest audits, fetch one
+  finished audit and its report, and the model's trend.
 
 After the duration no new audits are queued; the queued ones drain (bounded by --drain).
 Then every audit the pipelines were told about is read back: nothing lost means each exists
@@ -127,10 +127,10 @@ async def pipeline(
             audit = await record.timed("poll_audit", client.send(api.get_audit(audit.id)))
 
 
-async def dashboard(client: AsyncClient, record: Recorder, stop_at: float) -> None:
+async def dashboard(client: AsyncClient, record: Recorder, stop: asyncio.Event) -> None:
     """A team dashboard refreshing: the newest audits, one report, the model's trend."""
     rng = random.Random(0)
-    while time.monotonic() < stop_at:
+    while not stop.is_set():
         page = await record.timed("list_audits", client.send(api.list_audits(limit=50)))
         done = [a for a in page.items if a.status == "succeeded"] if page else []
         if done:
@@ -151,12 +151,22 @@ async def drive(
     async with AsyncClient(url, key, retry=no_retries, timeout=120) as client:
         started = time.monotonic()
         stop_at = started + args.duration
+        # Dashboards refresh for as long as pipelines run: a pipeline polls its last audit to
+        # the end, past the duration, and a short run's first reports come only then.
+        pipelines_done = asyncio.Event()
+
+        async def pipelines() -> None:
+            await asyncio.gather(
+                *(
+                    pipeline(client, record, files, stop_at, lambda: next(counter), submitted)
+                    for _ in range(args.pipelines)
+                )
+            )
+            pipelines_done.set()
+
         await asyncio.gather(
-            *(
-                pipeline(client, record, files, stop_at, lambda: next(counter), submitted)
-                for _ in range(args.pipelines)
-            ),
-            *(dashboard(client, record, stop_at) for _ in range(args.dashboards)),
+            pipelines(),
+            *(dashboard(client, record, pipelines_done) for _ in range(args.dashboards)),
         )
         elapsed = time.monotonic() - started
         finished = await asyncio.gather(
