@@ -112,7 +112,7 @@ def _profile(
     count = int(inputs.shape[0])
     dims = (2, 3) if layout == "NCHW" else (1, 2)
     measured = _Measured()
-    graph, graph_reason = open_graph(model)
+    graph, graph_reason = open_graph(model, threads=tasks.run_threads)
     deployed = _deployed(model, graph, inputs)
     measured.passes += 1
     values = deployed.reference
@@ -477,16 +477,19 @@ def _local_aliasing(
     alone = graph.run_alone({name: (cones[name], values[name]) for name in runnable})
     measured.passes += 1
     references = {name: IdealShifter(alone[name], geometries[name]) for name in runnable}
-    for t in OFF_GRID:
-        moved = _moved_inputs(
-            base,
-            {name: list(zip(outside[name], reads[name], strict=True)) for name in runnable},
-            t,
-            spectra,
-            tasks=tasks,
-        )
-        feeds = {name: (cones[name], moved[name]) for name in runnable}
-        outputs = graph.run_alone(feeds)
+    pairs = {name: list(zip(outside[name], reads[name], strict=True)) for name in runnable}
+    # Shifters made here, in order, before any thread reads them.
+    for inputs in pairs.values():
+        for tensor, geometry in inputs:
+            if geometry is not None and geometry.stride is not None:
+                _shifter(spectra, base, tensor, geometry)
+
+    def run(t: tuple[int, int]) -> dict[str, torch.Tensor]:
+        moved = _moved_inputs(base, pairs, t, spectra, tasks=tasks)
+        return graph.run_alone({name: (cones[name], moved[name]) for name in runnable})
+
+    # The inputs of the next t are shifted and run while the outputs of this one are compared.
+    for t, outputs in zip(OFF_GRID, _prefetched(run, OFF_GRID), strict=True):
         measured.passes += 1
 
         def compare(

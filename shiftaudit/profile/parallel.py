@@ -30,10 +30,15 @@ Out = TypeVar("Out")
 
 
 class Tasks:
-    """Runs independent tasks, on `workers` threads (each at one intra-op thread) or inline."""
+    """Runs independent tasks, on a pool of threads (each at one intra-op thread) or inline.
 
-    def __init__(self, pool: ThreadPoolExecutor | None) -> None:
+    `run_threads`: the intra-op threads of the profile's own ONNX Runtime sessions (None: the
+    model's setting). On a CPU one: every model run of the profile overlaps the comparisons
+    of the previous one, and a second thread would contend with them for the same cores."""
+
+    def __init__(self, pool: ThreadPoolExecutor | None, *, run_threads: int | None = None) -> None:
         self._pool = pool
+        self.run_threads = run_threads
 
     def map(self, fn: Callable[[In], Out], items: Iterable[In]) -> list[Out]:
         """[fn(item) for item in items], in that order, the calls side by side on the pool.
@@ -85,9 +90,9 @@ def profile_tasks(device: torch.device) -> Iterator[Tasks]:
     torch.set_num_threads(1)
     try:
         if saved < 2:
-            yield Tasks(None)
+            yield Tasks(None, run_threads=1)
             return
         with ThreadPoolExecutor(max_workers=saved, thread_name_prefix="shiftaudit-profile") as pool:
-            yield Tasks(pool)
+            yield Tasks(pool, run_threads=1)
     finally:
         torch.set_num_threads(saved)
