@@ -22,6 +22,12 @@ In all at most P (12 + 3 S) (`shiftaudit.cost.layer_profile_forward_passes`); wi
 fractional comparison costs one forward real FFT of the shifted output (by Parseval, against
 the reference's spectrum, taken once for its three shifts: about as much memory as the
 tensor), and each shifted input of a local run one inverse.
+
+How it runs (`parallel.py`): on a CPU, torch at one intra-op thread, the comparisons of one
+step (one per layer) and the shifted inputs of a local run (one per tensor) side by side on
+worker threads, and each model run (deployed, torus, local) during the comparisons of the
+previous one. The numbers are those of the plain, one-at-a-time computation (to the rounding
+of float32 arithmetic on one thread instead of several, tests/test_profile_parallel.py).
 """
 
 from __future__ import annotations
