@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from ..model_files import ModelFormat
 from ..runtimes import Runtime
 from ..runtimes.exported import ExportedRuntime
@@ -18,11 +20,13 @@ TORCHSCRIPT = (
 )
 
 
-def open_graph(model: Runtime) -> tuple[Graph | None, str | None]:
-    """The model's graph, or why there is none."""
+def open_graph(model: Runtime, *, threads: int | None = None) -> tuple[Graph | None, str | None]:
+    """The model's graph, or why there is none; its ONNX Runtime sessions run on `threads`
+    intra-op threads (None: the model's own setting)."""
     try:
         if model.format is ModelFormat.ONNX and isinstance(model, OnnxRuntime):
-            return OnnxGraph(model.proto, session=model.session_for, device=model.device), None
+            session = functools.partial(model.session_for, threads=threads)
+            return OnnxGraph(model.proto, session=session, device=model.device), None
         if model.format is ModelFormat.EXPORTED_PROGRAM and isinstance(model, ExportedRuntime):
             return FxGraph(model.graph_module), None
     except Exception as exc:

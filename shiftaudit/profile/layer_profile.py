@@ -22,6 +22,12 @@ In all at most P (12 + 3 S) (`shiftaudit.cost.layer_profile_forward_passes`); wi
 fractional comparison costs one forward real FFT of the shifted output (by Parseval, against
 the reference's spectrum, taken once for its three shifts: about as much memory as the
 tensor), and each shifted input of a local run one inverse.
+
+How it runs (`parallel.py`): on a CPU, torch at one intra-op thread, the comparisons of one
+step (one per layer) and the shifted inputs of a local run (one per tensor) side by side on
+worker threads, and each model run (deployed, torus, local) during the comparisons of the
+previous one. The numbers are those of the plain, one-at-a-time computation (to the rounding
+of float32 arithmetic on one thread instead of several, tests/test_profile_parallel.py).
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ from .geometry import NON_SPATIAL as NON_SPATIAL_GEOMETRY
 from .geometry import Geometry, geometry_of
 from .graph import Concat, Shape, Shift, StaticGraph
 from .ideal_shift import IdealShifter
-from .onnx_graph import OnnxGraph
+from .parallel import Tasks, in_callers_modes, profile_tasks
 from .receptive_fields import (
     Field,
     FieldAnalysis,
@@ -102,22 +108,38 @@ def layer_profile(
         return LayerProfile(
             available=False, reason=model.layers_unavailable_reason, probes=count, entries=[]
         )
+    with profile_tasks(model.device) as tasks:
+        return _profile(model, inputs, layout=layout, size=size, tasks=tasks)
+
+
+def _profile(
+    model: Runtime, inputs: torch.Tensor, *, layout: str, size: tuple[int, int], tasks: Tasks
+) -> LayerProfile:
+    count = int(inputs.shape[0])
     dims = (2, 3) if layout == "NCHW" else (1, 2)
     measured = _Measured()
-    graph, graph_reason = open_graph(model)
+    graph, graph_reason = open_graph(model, threads=tasks.run_threads)
     deployed = _deployed(model, graph, inputs)
     measured.passes += 1
     values = deployed.reference
     geometries = {
         name: geometry_of(value.shape, size=size, layout=layout) for name, value in values.items()
     }
-    _deployed_errors(deployed, inputs, geometries, measured, dims=dims)
+    _deployed_errors(deployed, inputs, geometries, measured, dims=dims, tasks=tasks)
     analysis = None
     torus = TorusVariant(available=False, reason=graph_reason, rewritten=[], refused={})
     if graph is not None:
         analysis = receptive_fields(graph.static, size=size, layout=layout)
         torus = _torus_errors(
-            graph, analysis, inputs, geometries, measured, dims=dims, layout=layout, size=size
+            graph,
+            analysis,
+            inputs,
+            geometries,
+            measured,
+            dims=dims,
+            layout=layout,
+            size=size,
+            tasks=tasks,
         )
     else:
         for name in values:
@@ -154,7 +176,6 @@ class _Deployed:
     layers: list[tuple[str, str]]  # (name, op type), in graph order
     reference: dict[str, torch.Tensor]
     run: Callable[[torch.Tensor], dict[str, torch.Tensor]]
-    concurrent: bool = False  # whether a run may overlap the comparison of the previous one
 
 
 def _deployed(model: Runtime, graph: Graph | None, inputs: torch.Tensor) -> _Deployed:
@@ -170,11 +191,7 @@ def _deployed(model: Runtime, graph: Graph | None, inputs: torch.Tensor) -> _Dep
             return {name: _floating(values[name]) for name in names}
 
         layers = [(name, op_types[name]) for name in names]
-        # ONNX Runtime releases the GIL and keeps no torch state: its next run can go on while
-        # the previous one is compared. (FX runs would need the caller's autocast and
-        # inference mode, which are thread-local.)
-        concurrent = isinstance(graph, OnnxGraph)
-        return _Deployed(layers, run_graph(inputs), run_graph, concurrent)
+        return _Deployed(layers, run_graph(inputs), run_graph)
 
     def run_runtime(x: torch.Tensor) -> dict[str, torch.Tensor]:
         return {layer.name: layer.value for layer in model.forward_with_layers(x)[1]}
@@ -185,17 +202,15 @@ def _deployed(model: Runtime, graph: Graph | None, inputs: torch.Tensor) -> _Dep
 
 
 def _prefetched(
-    run: Callable[[tuple[int, int]], dict[str, Any]],
-    shifts: Sequence[tuple[int, int]],
-    *,
-    concurrent: bool,
+    run: Callable[[tuple[int, int]], dict[str, Any]], shifts: Sequence[tuple[int, int]]
 ) -> Iterator[dict[str, Any]]:
-    """run(t) for each shift in order; when `concurrent`, the run of the next shift goes on in
-    a worker thread while the caller compares the current one (two runs' outputs are then
-    held at once)."""
-    if not concurrent:
-        yield from (run(t) for t in shifts)
-        return
+    """run(t) for each shift in order, the run of the next shift going on in a worker thread
+    while the caller compares the current one (two runs' outputs are then held at once).
+
+    ONNX Runtime and torch release the GIL while they compute, so the model's run and the
+    comparisons share the cores, each on its own threads; the run keeps the caller's
+    inference mode and autocast (`in_callers_modes`), which are a thread's own."""
+    run = in_callers_modes(run)
     with ThreadPoolExecutor(max_workers=1) as pool:
         pending = [pool.submit(run, t) for t in shifts[:1]]
         for i in range(len(shifts)):
@@ -217,8 +232,10 @@ def _deployed_errors(
     measured: _Measured,
     *,
     dims: tuple[int, int],
+    tasks: Tasks,
 ) -> None:
-    """on_grid_error (and cosine) and off_grid_error on the deployed network."""
+    """on_grid_error (and cosine) and off_grid_error on the deployed network, the layers of
+    one shift compared side by side (`tasks`)."""
     strides = sorted({g.stride for g in geometries.values() if g.stride is not None})
     on_grid = {stride: on_grid_shifts(stride) for stride in strides}
     shifts = list(
@@ -234,19 +251,26 @@ def _deployed_errors(
     runs = _prefetched(
         lambda t: deployed.run(torch.roll(inputs, t, dims=dims)),
         shifts,
-        concurrent=deployed.concurrent,
     )
     for t, shifted in zip(shifts, runs, strict=True):
         measured.passes += 1
-        for name, reference in references.items():
-            geometry = reference.geometry
-            assert geometry.stride is not None
-            on, off = t in on_grid[geometry.stride], t in OFF_GRID
-            if not (on or off):
-                continue
-            errors, cosine = shift_errors(
-                shifted=shifted[name], reference=reference, t=t, with_cosine=on
+
+        def kinds(name: str, t: tuple[int, int] = t) -> tuple[bool, bool]:
+            stride = references[name].geometry.stride
+            assert stride is not None
+            return t in on_grid[stride], t in OFF_GRID
+
+        names = [name for name in references if any(kinds(name))]
+
+        def compare(
+            name: str, t: tuple[int, int] = t, shifted: Mapping[str, Any] = shifted
+        ) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return shift_errors(
+                shifted=shifted[name], reference=references[name], t=t, with_cosine=kinds(name)[0]
             )
+
+        for name, (errors, cosine) in zip(names, tasks.map(compare, names), strict=True):
+            on, off = kinds(name)
             if on and cosine is not None:
                 measured.add("on_grid", name, errors)
                 measured.add("cosine", name, cosine)
@@ -277,6 +301,7 @@ def _torus_errors(
     dims: tuple[int, int],
     layout: str,
     size: tuple[int, int],
+    tasks: Tasks,
 ) -> TorusVariant:
     """aliasing_error and local_aliasing, on the torus variant."""
     graph.prepare_torus(analysis)
@@ -299,8 +324,31 @@ def _torus_errors(
         keep = set(clean) | {i for cone in cones.values() for i in graph.inputs_of(cone)}
         base = graph.run(inputs, torus=True, keep=keep)
         measured.passes += 1
-        _aliasing(graph, base, inputs, clean, geometries, measured, dims=dims)
-        _local_aliasing(graph, base, cones, geometries, measured, layout=layout, size=size)
+        # The spectra of the torus variant's maps, taken once: the references of
+        # aliasing_error are the inputs of the local runs.
+        spectra: dict[str, IdealShifter] = {}
+        _aliasing(
+            graph,
+            base,
+            inputs,
+            clean,
+            geometries,
+            measured,
+            dims=dims,
+            tasks=tasks,
+            spectra=spectra,
+        )
+        _local_aliasing(
+            graph,
+            base,
+            cones,
+            geometries,
+            measured,
+            layout=layout,
+            size=size,
+            tasks=tasks,
+            spectra=spectra,
+        )
     except Exception as exc:
         reason = f"the torus variant failed to run: {type(exc).__name__}: {exc}"
         for name in clean:
@@ -349,25 +397,43 @@ def _aliasing(
     measured: _Measured,
     *,
     dims: tuple[int, int],
+    tasks: Tasks,
+    spectra: dict[str, IdealShifter],
 ) -> None:
     """aliasing_error: the off-grid error of the torus variant (the deployed one's when the
-    rewrite changed nothing: the network is then its own torus variant)."""
+    rewrite changed nothing: the network is then its own torus variant). The references'
+    shifters go into `spectra`, keyed by tensor."""
     if not graph.rewritten:
         for name in names:
             if name in measured.samples["off_grid"]:
                 measured.samples["aliasing"][name] = measured.samples["off_grid"][name]
         return
-    references = {name: IdealShifter(base[name], geometries[name]) for name in names}
+    references = {name: _shifter(spectra, base, name, geometries[name]) for name in names}
     runs = _prefetched(
         lambda t: graph.run(torch.roll(inputs, t, dims=dims), torus=True, keep=set(names)),
         OFF_GRID,
-        concurrent=isinstance(graph, OnnxGraph),
     )
     for t, shifted in zip(OFF_GRID, runs, strict=True):
         measured.passes += 1
-        for name in names:
-            errors, _ = shift_errors(shifted=shifted[name], reference=references[name], t=t)
+
+        def compare(
+            name: str, t: tuple[int, int] = t, shifted: Mapping[str, Any] = shifted
+        ) -> torch.Tensor:
+            return shift_errors(shifted=shifted[name], reference=references[name], t=t)[0]
+
+        for name, errors in zip(names, tasks.map(compare, names), strict=True):
             measured.add("aliasing", name, errors)
+
+
+def _shifter(
+    spectra: dict[str, IdealShifter], base: Mapping[str, Any], tensor: str, geometry: Geometry
+) -> IdealShifter:
+    """The shifter of `base[tensor]` in `spectra` (made there on first use), so that its
+    spectrum is taken once however many comparisons and local runs read it."""
+    found = spectra.get(tensor)
+    if found is None or found.geometry != geometry:
+        found = spectra[tensor] = IdealShifter(base[tensor], geometry)
+    return found
 
 
 def _local_aliasing(
@@ -379,8 +445,14 @@ def _local_aliasing(
     *,
     layout: str,
     size: tuple[int, int],
+    tasks: Tasks,
+    spectra: dict[str, IdealShifter],
 ) -> None:
-    """local_aliasing: ||f(T_{t/j_1} h_1, ...) - T_{t/j} f(h_1, ...)|| / ||f(h_1, ...)||."""
+    """local_aliasing: ||f(T_{t/j_1} h_1, ...) - T_{t/j} f(h_1, ...)|| / ||f(h_1, ...)||.
+
+    The shifted inputs T_{t/j_k} h_k of one t are made side by side (`tasks`), from the
+    spectra in `spectra` (those of aliasing_error's references, where they are the same
+    tensors), and so are the comparisons of the nodes' outputs."""
     activations = graph.static.activations
     outside = {name: graph.inputs_of(cone) for name, cone in cones.items()}
 
@@ -411,21 +483,27 @@ def _local_aliasing(
     alone = graph.run_alone({name: (cones[name], values[name]) for name in runnable})
     measured.passes += 1
     references = {name: IdealShifter(alone[name], geometries[name]) for name in runnable}
-    shifters: dict[str, IdealShifter] = {}  # of the inputs, shared by the nodes that read them
-    for t in OFF_GRID:
-        moved = _moved_inputs(
-            base,
-            {name: list(zip(outside[name], reads[name], strict=True)) for name in runnable},
-            t,
-            shifters,
-        )
-        feeds = {name: (cones[name], moved[name]) for name in runnable}
-        outputs = graph.run_alone(feeds)
+    pairs = {name: list(zip(outside[name], reads[name], strict=True)) for name in runnable}
+    # Shifters made here, in order, before any thread reads them.
+    for inputs in pairs.values():
+        for tensor, geometry in inputs:
+            if geometry is not None and geometry.stride is not None:
+                _shifter(spectra, base, tensor, geometry)
+
+    def run(t: tuple[int, int]) -> dict[str, torch.Tensor]:
+        moved = _moved_inputs(base, pairs, t, spectra, tasks=tasks)
+        return graph.run_alone({name: (cones[name], moved[name]) for name in runnable})
+
+    # The inputs of the next t are shifted and run while the outputs of this one are compared.
+    for t, outputs in zip(OFF_GRID, _prefetched(run, OFF_GRID), strict=True):
         measured.passes += 1
-        for name in runnable:
-            geometry = geometries[name]
-            assert geometry.stride is not None
-            errors, _ = shift_errors(shifted=outputs[name], reference=references[name], t=t)
+
+        def compare(
+            name: str, t: tuple[int, int] = t, outputs: Mapping[str, Any] = outputs
+        ) -> torch.Tensor:
+            return shift_errors(shifted=outputs[name], reference=references[name], t=t)[0]
+
+        for name, errors in zip(runnable, tasks.map(compare, runnable), strict=True):
             measured.add("local", name, errors)
 
 
@@ -434,24 +512,32 @@ def _moved_inputs(
     reads: Mapping[str, Sequence[tuple[str, Geometry | None]]],
     t: tuple[int, int],
     shifters: dict[str, IdealShifter],
+    *,
+    tasks: Tasks,
 ) -> dict[str, list[Any]]:
     """T_{t/j_k} h_k for every spatial input h_k of every node, at the input's own stride;
     weights, constants, sizes and non-spatial inputs unchanged. A tensor that several nodes
-    read is shifted once; `shifters` keeps its spectrum for the next t."""
-    shifted: dict[str, Any] = {}
-    result = {}
-    for name, inputs in reads.items():
-        values = []
+    read is shifted once (the tensors side by side, on `tasks`); `shifters` keeps its
+    spectrum for the next t."""
+    moving: dict[str, Geometry] = {}
+    for inputs in reads.values():
         for tensor, geometry in inputs:
-            if geometry is None or geometry.stride is None:
-                values.append(base[tensor])
-                continue
-            if tensor not in shifted:
-                shifter = shifters.setdefault(tensor, IdealShifter(base[tensor], geometry))
-                shifted[tensor] = shifter(output_shift(t, geometry.stride))
-            values.append(shifted[tensor])
-        result[name] = values
-    return result
+            if geometry is not None and geometry.stride is not None:
+                moving.setdefault(tensor, geometry)
+    # Made here, in order, so that no two tasks make the same shifter.
+    for tensor, geometry in moving.items():
+        _shifter(shifters, base, tensor, geometry)
+
+    def move(tensor: str) -> torch.Tensor:
+        stride = moving[tensor].stride
+        assert stride is not None
+        return shifters[tensor](output_shift(t, stride))
+
+    shifted = dict(zip(moving, tasks.map(move, list(moving)), strict=True))
+    return {
+        name: [shifted.get(tensor, base[tensor]) for tensor, _ in inputs]
+        for name, inputs in reads.items()
+    }
 
 
 def _static_extents(shape: Shape | None, *, batch: int) -> list[int] | None:

@@ -154,15 +154,18 @@ class OnnxRuntime(Runtime):
         """The loaded model, to read its graph and to build rewritten copies of it."""
         return self._proto
 
-    def session_for(self, model: bytes) -> Any:
-        """A session of a rewritten copy of this model, on the same providers and threads.
+    def session_for(self, model: bytes, *, threads: int | None = None) -> Any:
+        """A session of a rewritten copy of this model, on the same providers and threads (or
+        `threads` intra-op threads).
 
         Its threads do not spin while idle: the layer profile alternates these sessions with
         torch work on the same cores, which spinning threads would slow down.
         """
         options = ort.SessionOptions()
         options.log_severity_level = self._options.log_severity_level
-        options.intra_op_num_threads = self._options.intra_op_num_threads
+        options.intra_op_num_threads = (
+            self._options.intra_op_num_threads if threads is None else threads
+        )
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             return ort.InferenceSession(model, options, providers=self._providers)
