@@ -38,7 +38,7 @@ class GuardedRoute(APIRoute):
                 await run_in_threadpool(authenticate_request, request)
             if capped and _declares_body(request.scope):
                 limit: int = request.app.state.settings.max_json_body_bytes
-                body = await _read_capped(request, limit=limit)
+                body = await read_capped(request, limit=limit)
                 request = Request(request.scope, _replay(body, request.receive))
             return await handler(request)
 
@@ -57,9 +57,9 @@ def _declares_body(scope: Scope) -> bool:
     return False
 
 
-async def _read_capped(request: Request, *, limit: int) -> bytes:
+async def read_capped(request: Request, *, limit: int, what: str = "the request body") -> bytes:
     """The whole body, or TooLarge as soon as it passes `limit` (the rest is never read)."""
-    too_large = TooLarge(f"the request body is larger than the {limit}-byte limit")
+    too_large = TooLarge(f"{what} is larger than the {limit}-byte limit")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large

@@ -8,8 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from service.deps import Admin, Reader, SessionDep, SettingsDep, Writer
-from service.errors import TooLarge
-from service.guard import GuardedRoute
+from service.guard import GuardedRoute, read_capped
 from service.idempotency import REPLAYED_HEADER
 from service.registry_hooks import service
 from service.registry_hooks.service import HookOutcome
@@ -131,7 +130,7 @@ async def mlflow_hook(
     """MLflow's model-registry webhook, authenticated by its signature alone (MLflow cannot
     send an API key). A selected event's model version is fetched from the team's tracking
     server, registered and audited with the hook defaults, once per delivery id."""
-    body = await _read_delivery(request)
+    body = await read_capped(request, limit=MAX_DELIVERY_BYTES, what="a delivery")
     outcome = await run_in_threadpool(
         service.receive_mlflow_delivery,
         session=session,
@@ -155,20 +154,6 @@ def _answer(outcome: HookOutcome, response: Response) -> HookAccepted:
     if not outcome.queued:
         response.headers[REPLAYED_HEADER] = "true"
     return outcome.accepted
-
-
-async def _read_delivery(request: Request) -> bytes:
-    """The raw body, exactly as signed, refused beyond MAX_DELIVERY_BYTES."""
-    too_large = TooLarge(f"a delivery is at most {MAX_DELIVERY_BYTES} bytes")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_DELIVERY_BYTES:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_DELIVERY_BYTES:
-            raise too_large
-    return bytes(body)
 
 
 def _connection_out(row: MlflowConnection, request: Request) -> MlflowConnectionOut:
