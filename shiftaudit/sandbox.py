@@ -8,19 +8,31 @@ runaway allocation becomes a `SandboxError` that names what happened, and a kill
 (SIGKILL or SIGTERM from an operator or the out-of-memory killer) a transient one, which the
 caller runs again.
 
-Run as `python -m shiftaudit.sandbox JOB.json`: progress goes to stdout, one fraction per line;
+Starting that interpreter and importing torch and the engine takes seconds, longer than a
+small audit's sweep, so a worker keeps one child started ahead of its next job (`WarmSandbox`):
+interpreter up, engine imported, limits applied, waiting on stdin. The job's path arrives as one
+line on stdin; the child moves into the job's directory, runs that one job and exits, and the
+next job gets the next fresh child. A child never runs two jobs, so nothing a model leaves in
+its process (globals, caches, threads) reaches another tenant's audit.
+
+Run as `python -m shiftaudit.sandbox --parent PID [--data-limit BYTES]`, the job file's path on
+stdin: "ready" goes to stdout once the imports are done, then progress, one fraction per line;
 the result to `result.json` and a refused input to `error.json`, beside the job file.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
+import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from .report import ShardResult
+
+log = logging.getLogger(__name__)
 
 # Variables a sweep may see; everything else (database and broker URLs, keys, cloud
 # credentials) stays in the parent.
@@ -108,11 +122,14 @@ def sweep_in_sandbox(
     should_stop: Callable[[], bool],
     tuning_cache: Path | None = None,
     tick_s: float = 1.0,
+    warm: WarmSandbox | None = None,
 ) -> ShardResult:
     """Sweep in a child process; `on_tick(progress)` and `should_stop()` run every tick_s.
 
-    Raises SandboxError for anything the child did wrong and `Stopped` when should_stop()
-    turned true (the child is killed within one tick).
+    With `warm`, the sweep runs in its child started ahead of time (or a new one, if that
+    died or was started with other limits), and the next one is started at once for the
+    next job. Raises SandboxError for anything the child did wrong and `Stopped` when
+    should_stop() turned true (the child is killed within one tick).
     """
     job = work_dir / "job.json"
     job.write_text(
@@ -123,27 +140,27 @@ def sweep_in_sandbox(
                 "config": config,
                 "span": span,
                 "tuning_cache": None if tuning_cache is None else str(tuning_cache),
-                "data_limit": limits.memory_bytes if limits.limit_data else None,
                 "threads": limits.threads,
-                "parent": os.getpid(),
+                # Set by the child when the job arrives: a warm child was started before
+                # this directory existed. From the job, never from os.environ (scrubbed).
+                "environment": {"HOME": str(work_dir), "TMPDIR": str(work_dir)},
             }
         )
     )
-    stderr_path = work_dir / "stderr.txt"
-    with stderr_path.open("wb") as stderr:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "shiftaudit.sandbox", str(job)],
-            cwd=work_dir,
-            env=scrubbed_environment(work_dir),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            start_new_session=True,  # its own process group: killed as a whole
-        )
-    progress = _ProgressReader(child)
+    child = warm.take(limits) if warm is not None else None
+    if child is not None and not child.hand(job):
+        child.discard("it died before its job was handed over")
+        child = None
+    if child is None:  # no warm child: a cold one, started in the job's own directory
+        child = _Child.start(work_dir, limits, owns_home=False)
+        child.hand(job)  # if it died already, its exit status says why, below
     started = time.monotonic()
     try:
-        while child.poll() is None:
+        if warm is not None:
+            # Now rather than after this sweep: its imports overlap the sweep instead of
+            # delaying the next job.
+            warm.prepare_quietly(limits)
+        while child.process.poll() is None:
             if should_stop():
                 raise Stopped
             if time.monotonic() - started > limits.wall_time_s:
@@ -151,15 +168,168 @@ def sweep_in_sandbox(
                     f"the audit exceeded its wall-time limit of {limits.wall_time_s:g} s "
                     "(a model that never returns?)"
                 )
-            if limits.memory_bytes is not None and _resident_bytes(child.pid) > limits.memory_bytes:
+            if (
+                limits.memory_bytes is not None
+                and _resident_bytes(child.process.pid) > limits.memory_bytes
+            ):
                 raise SandboxError(_memory_message(limits))
-            on_tick(progress.latest)
-            _wait(child, tick_s)
+            on_tick(child.progress.latest)
+            _wait(child.process, tick_s)
+        return _outcome(child.process.returncode, work_dir, child.stderr_path, limits)
     finally:
-        if child.poll() is None:
-            _kill(child)
-        progress.join()
-    return _outcome(child.returncode, work_dir, stderr_path, limits)
+        child.close()
+
+
+class _Child:
+    """One sandbox process, from its start (maybe long before its job) to its end."""
+
+    def __init__(
+        self, process: subprocess.Popen[bytes], home: Path, limits: Limits, owns_home: bool
+    ) -> None:
+        self.process, self.home, self.owns_home = process, home, owns_home
+        self.key = _start_key(limits)
+        self.progress = _ProgressReader(process)
+        self.stderr_path = home / "stderr.txt"
+
+    @classmethod
+    def start(cls, home: Path, limits: Limits, *, owns_home: bool) -> _Child:
+        """Start a child in `home` (its working, home and temporary directory until a job
+        moves it). It dies with the thread that calls this (PR_SET_PDEATHSIG): call it from
+        the thread that lives as long as the worker's jobs, its main one."""
+        data_limit = limits.memory_bytes if limits.limit_data else None
+        command = [sys.executable, "-m", "shiftaudit.sandbox", "--parent", str(os.getpid())]
+        if data_limit is not None:
+            command += ["--data-limit", str(data_limit)]
+        with (home / "stderr.txt").open("wb") as stderr:
+            process = subprocess.Popen(
+                command,
+                cwd=home,
+                env=scrubbed_environment(home),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=True,  # its own process group: killed as a whole
+            )
+        return cls(process, home, limits, owns_home)
+
+    def hand(self, job: Path) -> bool:
+        """Give the child its one job (and close stdin: there is no second); False if it
+        had died already."""
+        assert self.process.stdin is not None
+        try:
+            if self.process.poll() is not None:
+                return False
+            self.process.stdin.write(f"{job}\n".encode())
+            self.process.stdin.close()
+        except BrokenPipeError:
+            return False
+        return True
+
+    def discard(self, why: str) -> None:
+        """An idle child that will run no job: say why if it died on its own, end it."""
+        code = self.process.poll()
+        if code is not None:
+            log.warning(
+                "the idle sandbox process %s %s (exit status %s); starting another",
+                self.process.pid,
+                why,
+                code,
+            )
+        self.close()
+
+    def close(self) -> None:
+        """Kill what is left of it (its whole group), reap it, remove its own directory."""
+        if self.process.poll() is None:
+            _kill(self.process)
+        with contextlib.suppress(OSError):
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+        self.progress.join()
+        if self.owns_home:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+def _start_key(limits: Limits) -> tuple[object, ...]:
+    """What a child is started with: a warm child serves only a job that would have started
+    the same one (data limit, environment, interpreter)."""
+    environment = scrubbed_environment(Path("."))
+    return (
+        limits.memory_bytes if limits.limit_data else None,
+        sys.executable,
+        tuple(sorted((k, v) for k, v in environment.items() if k not in ("HOME", "TMPDIR"))),
+    )
+
+
+class WarmSandbox:
+    """One sandbox child kept started ahead of the next job, per worker process.
+
+    Each child runs one job; `take` hands out the waiting one and `prepare` starts the next.
+    A child that died while it waited (the out-of-memory killer, an operator) is replaced
+    without the job noticing. Idle children live in `root/<prefix>...` directories (so that
+    a worker's start-up clean-up can tell a dead worker's from a live one's). Call `take` and
+    `prepare` from the worker's job thread: a child dies with the thread that started it.
+    """
+
+    def __init__(self, root: Path, prefix: str = "warm-") -> None:
+        self.root, self.prefix = root, prefix
+        self._idle: _Child | None = None
+        self._lock = threading.Lock()
+        atexit.register(self.close)
+
+    def prepare(self, limits: Limits) -> int:
+        """Start a child for the next job unless one is waiting; its pid."""
+        with self._lock:
+            idle = self._idle
+            if idle is not None and (
+                idle.process.poll() is not None or idle.key != _start_key(limits)
+            ):
+                idle.discard("died while it waited for a job")
+                idle = self._idle = None
+            if idle is None:
+                self.root.mkdir(parents=True, exist_ok=True)
+                home = Path(tempfile.mkdtemp(prefix=self.prefix, dir=self.root))
+                idle = self._idle = _Child.start(home, limits, owns_home=True)
+            return idle.process.pid
+
+    def prepare_quietly(self, limits: Limits) -> None:
+        """`prepare`, where failing to start one must not fail the job at hand (the next
+        job starts its own child if none is waiting)."""
+        try:
+            self.prepare(limits)
+        except OSError as error:
+            log.warning("could not start a sandbox process ahead of the next job: %s", error)
+
+    def take(self, limits: Limits) -> _Child | None:
+        """The waiting child, if it is alive and was started for jobs like this one."""
+        with self._lock:
+            idle, self._idle = self._idle, None
+        if idle is None:
+            return None
+        if idle.process.poll() is not None:
+            idle.discard("died while it waited for a job")
+            return None
+        if idle.key != _start_key(limits):
+            idle.close()  # started for other limits (settings changed): not this job's
+            return None
+        return idle
+
+    def waiting(self, *, ready_within: float = 0.0) -> int | None:
+        """The pid of the child waiting for a job, if any; with `ready_within`, only once it
+        has imported the engine (waiting up to that many seconds)."""
+        with self._lock:
+            idle = self._idle
+        if idle is None or idle.process.poll() is not None:
+            return None
+        if ready_within and not idle.progress.ready.wait(ready_within):
+            return None
+        return idle.process.pid
+
+    def close(self) -> None:
+        """End the waiting child (at shutdown)."""
+        with self._lock:
+            idle, self._idle = self._idle, None
+        if idle is not None:
+            idle.close()
 
 
 class Stopped(Exception):
@@ -236,6 +406,7 @@ class _ProgressReader:
 
     def __init__(self, child: subprocess.Popen[bytes]) -> None:
         self.latest = 0.0
+        self.ready = threading.Event()  # the child has imported the engine
         assert child.stdout is not None
         self._stream = child.stdout
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -243,6 +414,9 @@ class _ProgressReader:
 
     def _read(self) -> None:
         for line in self._stream:
+            if line == b"ready\n" and not self.ready.is_set():
+                self.ready.set()
+                continue
             try:
                 self.latest = min(1.0, max(0.0, float(line)))
             except ValueError:
@@ -267,19 +441,45 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(job_path: Path) -> int:
-    job = json.loads(job_path.read_text())
-    _die_with_parent(job["parent"])
-    if job["data_limit"] is not None:
+# Imported by a warm child while it waits (they would be imported by the job anyway): the
+# loaders import them on first use, about 1.5 s for a `torch.export` program (dynamo, the
+# serialiser), and the ONNX exporter that tuning tries on torch models.
+_PRELOADED = (
+    "torch.export.pt2_archive._package",
+    "torch._export.serde.serialize",
+    "torch.export._trace",
+    "onnxscript",
+)
+
+
+def _child(parent: int, data_limit: int | None) -> int:
+    _die_with_parent(parent)
+    if data_limit is not None:
         import resource
 
-        limit = int(job["data_limit"])
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+        resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))
     # Imported only now, under the limit.
+    import importlib
+
     from .config import AuditConfig
     from .engine import sweep_shard
     from .errors import ShiftAuditError
     from .runtimes import is_out_of_memory
+
+    for name in _PRELOADED:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    print("ready", flush=True)
+    line = sys.stdin.readline().strip()
+    if not line:  # stdin closed without a job: the worker is shutting down, or gone
+        return 0
+    job_path = Path(line)
+    job = json.loads(job_path.read_text())
+    out = job_path.parent
+    # Into the job's directory: it was created after this process started.
+    os.chdir(out)
+    os.environ.update(job["environment"])
+    tempfile.tempdir = job["environment"]["TMPDIR"]
 
     last = 0.0
 
@@ -293,7 +493,6 @@ def _child(job_path: Path) -> int:
     if config.runtime.threads is None and job["threads"] is not None:
         runtime = config.runtime.model_copy(update={"threads": job["threads"]})
         config = config.model_copy(update={"runtime": runtime})
-    out = job_path.parent
     try:
         result = sweep_shard(
             job["model"],
@@ -314,5 +513,15 @@ def _child(job_path: Path) -> int:
     return 0
 
 
+def _main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m shiftaudit.sandbox")
+    parser.add_argument("--parent", type=int, required=True)
+    parser.add_argument("--data-limit", type=int)
+    args = parser.parse_args(argv)
+    return _child(args.parent, args.data_limit)
+
+
 if __name__ == "__main__":
-    sys.exit(_child(Path(sys.argv[1])))
+    sys.exit(_main(sys.argv[1:]))
