@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -46,6 +49,54 @@ def test_an_audit_runs_on_a_worker_and_its_report_is_served(deploy, inputs):
     assert (shard.status.value, shard.attempts, shard.worker) == ("succeeded", 1, shard.worker)
     assert shard.worker is not None
     assert shard.worker.startswith("w1@test")
+
+
+def _waiting_sandbox(worker: int, not_these: tuple[int, ...] = (), timeout: float = 60) -> int:
+    """The worker's sandbox child that waits for the next job, once it has imported the
+    engine (torch's library mapped); it waits in a `warm-` directory of its own."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text().split(") ", 1)[1].split()
+                if int(stat[1]) != worker or int(entry.name) in not_these:
+                    continue
+                waiting = Path(os.readlink(entry / "cwd")).name.startswith("warm-")
+                if waiting and "libtorch_cpu" in (entry / "maps").read_text():
+                    return int(entry.name)
+            except (OSError, ValueError):
+                continue
+        time.sleep(0.1)
+    raise AssertionError("no sandbox child waits for the next job")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def test_each_audit_runs_in_a_fresh_sandbox_started_before_it(deploy, inputs):
+    deployment = deploy()
+    deployment.start_worker("w1")
+    worker = deployment.processes["w1"].pid
+    # Started, and the engine imported, before any audit exists.
+    first = _waiting_sandbox(worker)
+    model_id, probe_set_id = deployment.upload(*inputs)
+    seen = [first]
+    for _ in range(2):
+        audit_id = deployment.submit(model_id, probe_set_id)
+        assert deployment.wait(audit_id)["status"] == "succeeded"
+        assert not _alive(seen[-1]), "a sandbox child runs one audit, then exits"
+        seen.append(_waiting_sandbox(worker, not_these=tuple(seen)))
+    assert len(set(seen)) == 3
+    # The waiting child dies with its worker, as a sweeping one does.
+    deployment.kill("w1", signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(seen[-1]):
+        assert time.monotonic() < deadline, "the idle sandbox outlived its worker"
+        time.sleep(0.05)
 
 
 def test_a_sharded_audit_runs_on_two_workers_at_once_and_equals_the_unsharded_one(deploy, inputs):

@@ -7,6 +7,7 @@ models that segfault, allocate without limit or never return.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -50,7 +51,8 @@ def many_probes(tmp_path_factory):
 
 
 def _sandboxes() -> set[int]:
-    """Pids of live sandboxed sweeps on this machine."""
+    """Pids of live sandboxed sweeps on this machine (not the children that workers keep
+    started for their next job, which wait in a `warm-` directory of their own)."""
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -59,9 +61,16 @@ def _sandboxes() -> set[int]:
                 state = (entry / "stat").read_text().split(") ", 1)[1][0]
             except OSError:
                 continue
-            if b"shiftaudit.sandbox" in command and state != "Z":
+            if b"shiftaudit.sandbox" in command and state != "Z" and not _idle(entry):
                 found.add(int(entry.name))
     return found
+
+
+def _idle(process: Path) -> bool:
+    try:
+        return Path(os.readlink(process / "cwd")).name.startswith("warm-")
+    except OSError:
+        return False
 
 
 def _wait_until(predicate, timeout: float, what: str) -> float:
