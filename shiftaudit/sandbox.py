@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -131,6 +132,7 @@ def sweep_in_sandbox(
     next job. Raises SandboxError for anything the child did wrong and `Stopped` when
     should_stop() turned true (the child is killed within one tick).
     """
+    called = time.monotonic()
     job = work_dir / "job.json"
     job.write_text(
         json.dumps(
@@ -175,6 +177,13 @@ def sweep_in_sandbox(
                 raise SandboxError(_memory_message(limits))
             on_tick(child.progress.latest)
             _wait(child.process, tick_s)
+        first = child.progress.first_at
+        if first is not None:  # how long a job waits for its model to run (docs/workers.md)
+            log.info(
+                "sandbox %d: first forward %.3f s after the job reached the sandbox",
+                child.process.pid,
+                first - called,
+            )
         return _outcome(child.process.returncode, work_dir, child.stderr_path, limits)
     finally:
         child.close()
@@ -407,6 +416,7 @@ class _ProgressReader:
     def __init__(self, child: subprocess.Popen[bytes]) -> None:
         self.latest = 0.0
         self.ready = threading.Event()  # the child has imported the engine
+        self.first_at: float | None = None  # when the first progress came: a forward ran
         assert child.stdout is not None
         self._stream = child.stdout
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -419,6 +429,8 @@ class _ProgressReader:
                 continue
             try:
                 self.latest = min(1.0, max(0.0, float(line)))
+                if self.first_at is None:
+                    self.first_at = time.monotonic()
             except ValueError:
                 continue  # the model printed something: not ours to parse
 
@@ -441,14 +453,14 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-# Imported by a warm child while it waits (they would be imported by the job anyway): the
-# loaders import them on first use, about 1.5 s for a `torch.export` program (dynamo, the
-# serialiser), and the ONNX exporter that tuning tries on torch models.
+# Imported by a warm child while it waits: the loader of `torch.export` programs imports
+# them on first use (dynamo, the serialiser), 1.5 s of a small audit's latency here. Not the
+# ONNX exporter that tuning may try: it is needed once per model (the choice is cached), and
+# importing it in every child would cost every audit its CPU time.
 _PRELOADED = (
     "torch.export.pt2_archive._package",
     "torch._export.serde.serialize",
     "torch.export._trace",
-    "onnxscript",
 )
 
 
@@ -466,9 +478,10 @@ def _child(parent: int, data_limit: int | None) -> int:
     from .errors import ShiftAuditError
     from .runtimes import is_out_of_memory
 
-    for name in _PRELOADED:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
+    if not select.select([sys.stdin], [], [], 0)[0]:  # waiting: no job has arrived yet
+        for name in _PRELOADED:
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
     print("ready", flush=True)
     line = sys.stdin.readline().strip()
     if not line:  # stdin closed without a job: the worker is shutting down, or gone
