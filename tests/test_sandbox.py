@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,14 @@ import pytest
 
 from shiftaudit.config import AuditConfig
 from shiftaudit.engine import sweep_shard
-from shiftaudit.sandbox import Limits, SandboxError, Stopped, WarmSandbox, sweep_in_sandbox
+from shiftaudit.sandbox import (
+    PASSED_ENVIRONMENT,
+    Limits,
+    SandboxError,
+    Stopped,
+    WarmSandbox,
+    sweep_in_sandbox,
+)
 
 from .hostile_models import endless_model, unbounded_memory_model
 from .nets import AliasingNet, export_program, noise_probes
@@ -105,7 +113,7 @@ def _children():
             yield entry
 
 
-# ------------------------------------------------------------------ warm children
+# ------------------------------------------------------------------ the fork server
 
 
 LIMITS = Limits(wall_time_s=120, memory_bytes=2 * 2**30)
@@ -129,6 +137,34 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].split()[1])
+
+
+def _threads(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))
+
+
+def _threads_after_importing_the_libraries() -> int:
+    script = "import os, torch, onnxruntime; print(len(os.listdir('/proc/self/task')))"
+    environment = {k: v for k, v in os.environ.items() if k in PASSED_ENVIRONMENT}
+    done = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True)
+    return int(done.stdout)
+
+
+def _children_of(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().split(") ", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == parent and stat[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
 @pytest.fixture
 def warm(tmp_path):
     sandbox = WarmSandbox(tmp_path / "scratch")
@@ -136,51 +172,65 @@ def warm(tmp_path):
     sandbox.close()
 
 
-def test_a_warm_child_is_ready_before_its_job_and_runs_only_that_one(tmp_path, warm):
+def test_the_fork_server_is_ready_before_the_job_and_forks_a_fresh_child_per_job(tmp_path, warm):
     model = export_program(AliasingNet(), tmp_path / "m.pt2")
     probes = noise_probes(tmp_path / "probes", 10, labels=6)
-    first = warm.prepare(LIMITS)
-    assert warm.waiting(ready_within=120) == first
+    server = warm.prepare(LIMITS)
+    assert warm.waiting(ready_within=120) == server
     # Imported before any job exists: torch's library is mapped, and it waits in a
-    # directory of its own, not a job's.
-    assert "libtorch_cpu" in Path(f"/proc/{first}/maps").read_text()
-    assert Path(_cwd(first)).parent == tmp_path / "scratch"
-    swept_by: set[int] = set()
+    # directory of its own, not a job's, with no thread a fork could leave half-copied.
+    assert "libtorch_cpu" in Path(f"/proc/{server}/maps").read_text()
+    assert Path(_cwd(server)).parent == tmp_path / "scratch"
+    # No thread of its own (the engine starts none, no torch op ran, so no thread pool):
+    # only the idle ones that importing the libraries starts (OpenBLAS, fork-safe through
+    # its fork handlers; ONNX Runtime's, waiting on a futex), as in a bare interpreter.
+    assert _threads(server) == _threads_after_importing_the_libraries()
+    swept_by: list[set[int]] = [set(), set()]
 
-    def who_sweeps() -> bool:
-        swept_by.update(p for p in _sandbox_pids() if _cwd(p) == str(tmp_path / "work"))
-        return False
+    for run, work in enumerate((tmp_path / "work", tmp_path / "work2")):
 
-    result = _warm_sweep(warm, model, probes, tmp_path / "work", should_stop=who_sweeps)
-    local = sweep_shard(model, probes, AuditConfig.model_validate(CONFIG), probes=(2, 9))
-    assert result.model_dump(exclude=VOLATILE) == local.model_dump(exclude=VOLATILE)
-    assert swept_by <= {first}
-    assert not _alive(first), "a child runs one job, then exits"
-    second = warm.waiting()
-    assert second is not None  # the next job's, already started
-    assert second != first
-    _warm_sweep(warm, model, probes, tmp_path / "work2")
-    assert not _alive(second)
-    assert warm.waiting() not in (None, first, second)
-    # Its idle directory went with it; only the waiting child's is left.
+        def who_sweeps(run: int = run, work: Path = work) -> bool:
+            swept_by[run].update(p for p in _children_of(server) if _cwd(p) == str(work))
+            return False
+
+        result = _warm_sweep(warm, model, probes, work, should_stop=who_sweeps, tick_s=0.02)
+        local = sweep_shard(model, probes, AuditConfig.model_validate(CONFIG), probes=(2, 9))
+        assert result.model_dump(exclude=VOLATILE) == local.model_dump(exclude=VOLATILE)
+        assert len(swept_by[run]) == 1, "one child of the fork server ran the job"
+        assert not any(_alive(p) for p in swept_by[run]), "a child runs one job, then exits"
+    assert swept_by[0] != swept_by[1]
+    assert server not in swept_by[0] | swept_by[1]
+    # The fork server runs on, untouched by the jobs: no thread started (OpenBLAS even ends
+    # its own before a fork), no child left over.
+    assert warm.waiting() == server
+    assert _threads(server) <= _threads_after_importing_the_libraries()
+    assert _children_of(server) == []
     assert len(list((tmp_path / "scratch").iterdir())) == 1
 
 
-def test_a_warm_child_sees_none_of_the_parents_secrets(tmp_path, monkeypatch, warm):
+def test_the_fork_server_and_its_children_see_none_of_the_parents_secrets(
+    tmp_path, monkeypatch, warm
+):
     monkeypatch.setenv("DATABASE_URL", "postgresql://user:hunter2@db/prod")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret")
-    pid = warm.prepare(LIMITS)
-    assert warm.waiting(ready_within=120) == pid
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    seen = dict(entry.decode().split("=", 1) for entry in raw if b"=" in entry)
-    assert seen["HOME"] == seen["TMPDIR"] == _cwd(pid)  # its own empty directory
+    server = warm.prepare(LIMITS)
+    assert warm.waiting(ready_within=120) == server
+
+    def environment(pid: int) -> dict[str, str]:
+        raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        return dict(entry.decode().split("=", 1) for entry in raw if b"=" in entry)
+
+    seen = environment(server)
+    assert seen["HOME"] == seen["TMPDIR"] == _cwd(server)  # its own empty directory
     assert not {"DATABASE_URL", "AWS_SECRET_ACCESS_KEY"} & set(seen)
     assert "hunter2" not in "".join(seen.values())
-    cwd: list[str] = []
+    children: list[tuple[int, str, dict[str, str]]] = []
 
     def inspect() -> bool:
-        cwd.append(_cwd(pid))
-        return True
+        for pid in _children_of(server):
+            if _cwd(pid) == str(tmp_path / "work"):
+                children.append((pid, _cwd(pid), environment(pid)))
+        return bool(children)
 
     with pytest.raises(Stopped):
         _warm_sweep(
@@ -189,12 +239,17 @@ def test_a_warm_child_sees_none_of_the_parents_secrets(tmp_path, monkeypatch, wa
             noise_probes(tmp_path / "p", 4),
             tmp_path / "work",
             should_stop=inspect,
+            tick_s=0.05,
         )
-    assert cwd == [str(tmp_path / "work")]  # moved into the job's directory for it
-    assert not _alive(pid), "the stopped sweep was killed"
+    pid, cwd, child_environment = children[0]
+    assert cwd == str(tmp_path / "work")  # moved into the job's directory for it
+    assert not {"DATABASE_URL", "AWS_SECRET_ACCESS_KEY"} & set(child_environment)
+    assert "hunter2" not in "".join(child_environment.values())
+    _wait(lambda: not _alive(pid))  # the stopped sweep was killed
+    assert warm.waiting() == server
 
 
-def test_limits_hold_in_warm_children(tmp_path, warm):
+def test_limits_hold_in_forked_children(tmp_path, warm):
     probes = noise_probes(tmp_path / "probes", 4)
     warm.prepare(LIMITS)
     assert warm.waiting(ready_within=120)
@@ -226,10 +281,15 @@ def test_limits_hold_in_warm_children(tmp_path, warm):
             should_stop=lambda: False,
             tick_s=0.2,
         )
+    # Other limits, another fork server: RLIMIT_DATA is set before its imports.
+    server = warm.waiting()
+    assert server is not None
+    limit = Path(f"/proc/{server}/limits").read_text()
+    assert re.search(rf"Max data size\s+{2**30}\s+{2**30}", limit)
     assert not list(_busy_children())
 
 
-def test_a_warm_child_killed_while_idle_is_replaced(tmp_path, warm, caplog):
+def test_a_fork_server_killed_while_idle_is_replaced(tmp_path, warm, caplog):
     model = export_program(AliasingNet(), tmp_path / "m.pt2")
     probes = noise_probes(tmp_path / "probes", 10, labels=6)
     doomed = warm.prepare(LIMITS)
@@ -241,19 +301,59 @@ def test_a_warm_child_killed_while_idle_is_replaced(tmp_path, warm, caplog):
     assert warm.waiting() not in (None, doomed)
 
 
-def test_a_warm_child_dies_with_its_worker(tmp_path):
-    script = (
-        "import sys, time; from pathlib import Path; from shiftaudit.sandbox import "
-        "Limits, WarmSandbox; w = WarmSandbox(Path(sys.argv[1])); "
-        "print(w.prepare(Limits(wall_time_s=60)), flush=True); time.sleep(600)"
+def test_a_fork_server_killed_during_a_job_takes_the_child_along_and_it_is_retried(tmp_path, warm):
+    server = warm.prepare(LIMITS)
+    assert warm.waiting(ready_within=120) == server
+    seen: list[int] = []
+
+    def kill_the_server() -> bool:
+        if not seen and _children_of(server):
+            seen.extend(_children_of(server))
+            os.kill(server, signal.SIGKILL)
+        return False
+
+    with pytest.raises(SandboxError, match="killed from outside") as raised:
+        _warm_sweep(
+            warm,
+            endless_model(tmp_path),
+            noise_probes(tmp_path / "p", 4),
+            tmp_path / "work",
+            should_stop=kill_the_server,
+            tick_s=0.05,
+        )
+    assert raised.value.transient  # run again, as for a lost worker
+    _wait(lambda: not any(_alive(p) for p in seen))
+
+
+_WORKER = """
+import sys, time
+from pathlib import Path
+from shiftaudit.sandbox import Limits, WarmSandbox, sweep_in_sandbox
+root, model, probes = map(Path, sys.argv[1:4])
+warm = WarmSandbox(root / "scratch")
+print(warm.prepare(Limits(wall_time_s=600)), flush=True)
+(root / "work").mkdir()
+sweep_in_sandbox(model=model, probes=probes, config={config!r}, span=None, work_dir=root / "work",
+    limits=Limits(wall_time_s=600), warm=warm, on_tick=lambda p: None,
+    should_stop=lambda: False)
+"""
+
+
+def test_the_fork_server_and_its_child_die_with_their_worker(tmp_path):
+    script = _WORKER.format(config=CONFIG)
+    model, probes = endless_model(tmp_path), noise_probes(tmp_path / "p", 4)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path), str(model), str(probes)],
+        stdout=subprocess.PIPE,
     )
-    worker = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE)
     assert worker.stdout is not None
-    pid = int(worker.stdout.readline())
-    assert _alive(pid)
+    server = int(worker.stdout.readline())
+    _wait(lambda: bool(_children_of(server)), timeout=120)
+    (child,) = _children_of(server)
+    assert _parent(server) == worker.pid
     worker.kill()
     worker.wait()
-    _wait(lambda: not _alive(pid))
+    _wait(lambda: not _alive(server) and not _alive(child))
 
 
 def _made(path: Path) -> Path:
@@ -268,10 +368,8 @@ def _wait(predicate, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
-def _sandbox_pids() -> list[int]:
-    return [int(entry.name) for entry in _children()]
-
-
 def _busy_children():
-    """Sandboxed children of this process that run a job (not one waiting for a job)."""
-    return [p for p in _sandbox_pids() if "/scratch/" not in _cwd(p) + "/"]
+    """Sandboxed processes below this one that run a job (not a fork server)."""
+    below = [p for entry in _children() for p in _children_of(int(entry.name))]
+    direct = [int(entry.name) for entry in _children()]
+    return [p for p in direct + below if "/scratch/" not in _cwd(p) + "/"]
