@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 import uuid
@@ -51,15 +52,15 @@ def test_an_audit_runs_on_a_worker_and_its_report_is_served(deploy, inputs):
     assert shard.worker.startswith("w1@test")
 
 
-def _waiting_sandbox(worker: int, not_these: tuple[int, ...] = (), timeout: float = 60) -> int:
-    """The worker's sandbox child that waits for the next job, once it has imported the
-    engine (torch's library mapped); it waits in a `warm-` directory of its own."""
+def _fork_server(worker: int, timeout: float = 60) -> int:
+    """The worker's fork server, once it has imported the engine (torch's library mapped);
+    it waits in a `warm-` directory of its own."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for entry in Path("/proc").iterdir():
             try:
                 stat = (entry / "stat").read_text().split(") ", 1)[1].split()
-                if int(stat[1]) != worker or int(entry.name) in not_these:
+                if int(stat[1]) != worker:
                     continue
                 waiting = Path(os.readlink(entry / "cwd")).name.startswith("warm-")
                 if waiting and "libtorch_cpu" in (entry / "maps").read_text():
@@ -67,7 +68,7 @@ def _waiting_sandbox(worker: int, not_these: tuple[int, ...] = (), timeout: floa
             except (OSError, ValueError):
                 continue
         time.sleep(0.1)
-    raise AssertionError("no sandbox child waits for the next job")
+    raise AssertionError("the worker has no fork server")
 
 
 def _alive(pid: int) -> bool:
@@ -77,25 +78,31 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_each_audit_runs_in_a_fresh_sandbox_started_before_it(deploy, inputs):
+FORKED = re.compile(r"sandbox (\d+) forked by the fork server (\d+)")
+
+
+def test_each_audit_runs_in_a_fresh_child_of_a_fork_server_started_before_it(deploy, inputs):
     deployment = deploy()
     deployment.start_worker("w1")
     worker = deployment.processes["w1"].pid
     # Started, and the engine imported, before any audit exists.
-    first = _waiting_sandbox(worker)
+    server = _fork_server(worker)
     model_id, probe_set_id = deployment.upload(*inputs)
-    seen = [first]
     for _ in range(2):
         audit_id = deployment.submit(model_id, probe_set_id)
         assert deployment.wait(audit_id)["status"] == "succeeded"
-        assert not _alive(seen[-1]), "a sandbox child runs one audit, then exits"
-        seen.append(_waiting_sandbox(worker, not_these=tuple(seen)))
-    assert len(set(seen)) == 3
-    # The waiting child dies with its worker, as a sweeping one does.
+    forked = [(int(child), int(parent)) for child, parent in FORKED.findall(deployment.log("w1"))]
+    children = [child for child, _ in forked]
+    assert [parent for _, parent in forked] == [server, server]
+    assert len(set(children)) == 2, "a fresh child per audit"
+    assert server not in children
+    assert not any(_alive(child) for child in children), "a child runs one audit, then exits"
+    assert _fork_server(worker) == server  # the same one serves the next audit
+    # The fork server dies with its worker, as its children do (through it).
     deployment.kill("w1", signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while _alive(seen[-1]):
-        assert time.monotonic() < deadline, "the idle sandbox outlived its worker"
+    while _alive(server):
+        assert time.monotonic() < deadline, "the fork server outlived its worker"
         time.sleep(0.05)
 
 
