@@ -236,7 +236,7 @@ def test_the_fork_server_and_its_children_see_none_of_the_parents_secrets(
         _warm_sweep(
             warm,
             endless_model(tmp_path),
-            noise_probes(tmp_path / "p", 4),
+            noise_probes(tmp_path / "p", 10),
             tmp_path / "work",
             should_stop=inspect,
             tick_s=0.05,
@@ -316,7 +316,7 @@ def test_a_fork_server_killed_during_a_job_takes_the_child_along_and_it_is_retri
         _warm_sweep(
             warm,
             endless_model(tmp_path),
-            noise_probes(tmp_path / "p", 4),
+            noise_probes(tmp_path / "p", 10),
             tmp_path / "work",
             should_stop=kill_the_server,
             tick_s=0.05,
