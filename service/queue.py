@@ -122,7 +122,7 @@ class EmbeddedQueue:
 
 
 def start_runner(server: int, options: JobOptions) -> None:
-    """A runner process's start: tied to its server, its first sandbox started (from this
+    """A runner process's start: tied to its server, its sandbox fork server started (from this
     main thread, which runs the jobs)."""
     die_with_server(server)
     prepare_sandbox(options)

@@ -109,9 +109,10 @@ class Settings(BaseSettings):
     )
     warm_sandbox: bool = Field(
         True,
-        description="Keep one sandbox process per worker started, the engine imported, "
-        "ahead of its next job (never reused: one job each); it saves a small audit 2-4 s "
-        "of start-up and costs the memory of one idle interpreter with torch loaded.",
+        description="Keep a sandbox fork server per worker, started with the engine "
+        "imported, that forks a fresh process per job (never reused: one job each); it "
+        "saves each audit a fresh interpreter's start-up (seconds) and costs the memory of "
+        "one idle interpreter with torch loaded. False: a fresh interpreter per job.",
     )
     heartbeat_timeout_s: float = Field(
         120,

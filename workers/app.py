@@ -44,9 +44,10 @@ def create_celery(
         options = replace(options, worker=f"{worker_name}:{os.getpid()}")
     urls = (settings.resolved_database_url, settings.resolved_storage_url)
 
-    # The first job's sandbox is started, and imports the engine, while the worker waits for
-    # it. worker_ready is sent from the main thread, which runs the solo pool's jobs and so
-    # outlives every sandbox child (each dies with the thread that started it).
+    # The sandbox's fork server is started, and imports the engine, while the worker waits
+    # for its first job. worker_ready is sent from the main thread, which runs the solo pool's
+    # jobs and so outlives the fork server (it dies with the thread that started it, and each
+    # job's process with it).
     @worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
     def start_sandbox(**_: object) -> None:
         prepare_sandbox(options)

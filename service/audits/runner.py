@@ -64,7 +64,7 @@ class JobOptions:
     cache_bytes: int
     max_attempts: int = 3  # runs of a shard whose sweep was killed from outside
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    # Keep a sandbox process started ahead of the next job (shiftaudit.sandbox.WarmSandbox):
+    # Keep a sandbox fork server that forks each job's process (shiftaudit.sandbox.WarmSandbox):
     # a small audit then skips the seconds of interpreter start and engine import.
     warm_sandbox: bool = True
 
@@ -95,8 +95,8 @@ _warm: WarmSandbox | None = None
 
 
 def warm_sandbox(options: JobOptions) -> WarmSandbox:
-    """This process's warm sandbox: one child at a time, waiting in the job scratch under a
-    name that `remove_stale` ties to this process."""
+    """This process's fork server, waiting in the job scratch under a name that
+    `remove_stale` ties to this process."""
     global _warm
     root = job_scratch(options.cache_dir)
     if _warm is None or _warm.root != root:
@@ -107,8 +107,9 @@ def warm_sandbox(options: JobOptions) -> WarmSandbox:
 
 
 def prepare_sandbox(options: JobOptions) -> None:
-    """Start this process's sandbox child for its first job, before that job arrives (call
-    it from the thread that will run the jobs: the child dies with it)."""
+    """Start this process's sandbox fork server before its first job arrives (call it from
+    the thread that will run the jobs: the fork server, and so each job's process, dies
+    with it)."""
     if options.warm_sandbox:
         warm_sandbox(options).prepare_quietly(options.limits)
 
