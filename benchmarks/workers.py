@@ -14,8 +14,8 @@ in-process and `shiftaudit worker` processes. Figures go to docs/workers.md.
 (c) one large audit (96 probes of a wide net, 289 shifts) unsharded on 1 worker, and in 2
     shards on 1 and on 2 workers.
 Rounds alternate the settings and report medians; every audit must succeed. `--cold` runs
-the workers without a sandbox started ahead of time (SHIFTAUDIT_WARM_SANDBOX=false), as
-before it existed: the same machine's before-and-after.
+the workers without the sandbox's fork server (SHIFTAUDIT_WARM_SANDBOX=false): a fresh
+interpreter per job, as before it existed; the same machine's before-and-after.
 """
 
 from __future__ import annotations
@@ -102,7 +102,9 @@ def main() -> None:
     parser.add_argument("--audits", type=int, default=12, help="audits per throughput batch")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path)
-    parser.add_argument("--cold", action="store_true", help="no sandbox started ahead of time")
+    parser.add_argument(
+        "--cold", action="store_true", help="no fork server: a fresh interpreter per job"
+    )
     args = parser.parse_args()
     warm = {"SHIFTAUDIT_WARM_SANDBOX": "false" if args.cold else "true"}
     with tempfile.TemporaryDirectory() as tmp, fresh_database("shiftaudit_bench") as url:
