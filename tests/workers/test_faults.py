@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -51,8 +52,10 @@ def many_probes(tmp_path_factory):
 
 
 def _sandboxes() -> set[int]:
-    """Pids of live sandboxed sweeps on this machine (not the children that workers keep
-    started for their next job, which wait in a `warm-` directory of their own)."""
+    """Pids of live sandboxed sweeps of this checkout on this machine (not the fork servers
+    that workers keep, which wait in a `warm-` directory of their own). Other checkouts'
+    tests may run sandboxes on the same machine: theirs run another interpreter. Not only
+    this process's descendants: a sweep that outlived its worker is no one's."""
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -61,7 +64,8 @@ def _sandboxes() -> set[int]:
                 state = (entry / "stat").read_text().split(") ", 1)[1][0]
             except OSError:
                 continue
-            if b"shiftaudit.sandbox" in command and state != "Z" and not _idle(entry):
+            ours = command[0] == os.fsencode(sys.executable)
+            if ours and b"shiftaudit.sandbox" in command and state != "Z" and not _idle(entry):
                 found.add(int(entry.name))
     return found
 
