@@ -3,21 +3,26 @@
 Real parts, as in tests/workers: a private redis-server, a fresh PostgreSQL database, the API
 in-process and `shiftaudit worker` processes. Figures go to docs/workers.md.
 
-    python benchmarks/workers.py [--audits 12] [--out workers.json]
+    python benchmarks/workers.py [--audits 12] [--rounds 2] [--cold] [--out workers.json]
 
-(a) submit-to-running latency of an idle system: POST /v1/audits returned -> the audit's
-    `started_at` (the worker claimed it), over sequential audits; median and max.
+(a) latency of an idle system, over sequential small audits: POST /v1/audits returned -> the
+    audit's `started_at` (the worker claimed it), -> the sweep's first forward (the claim
+    plus what the worker logs: from the job reaching the sandbox to its first progress
+    line, which the engine writes after its first batch), and -> `finished_at`.
 (b) audits/hour with 1 and 2 CPU workers, one thread each (as on separate machines): the
     same batch of small audits submitted at once, until the last one finishes.
 (c) one large audit (96 probes of a wide net, 289 shifts) unsharded on 1 worker, and in 2
     shards on 1 and on 2 workers.
-Rounds alternate the settings and report medians; every audit must succeed.
+Rounds alternate the settings and report medians; every audit must succeed. `--cold` runs
+the workers without the sandbox's fork server (SHIFTAUDIT_WARM_SANDBOX=false): a fresh
+interpreter per job, as before it existed; the same machine's before-and-after.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import statistics
 import sys
@@ -49,14 +54,31 @@ def _succeeded(deployment: Deployment, audit_id: str) -> None:
         raise SystemExit(f"audit {audit_id} {audit['status']}: {audit['error']}\n{logs}")
 
 
-def latency(deployment: Deployment, inputs: tuple[str, str], count: int) -> list[float]:
-    seconds = []
+FIRST_FORWARD = re.compile(r"first forward ([0-9.]+) s after the job reached the sandbox")
+
+
+def latency(
+    deployment: Deployment, inputs: tuple[str, str], count: int, worker: str = "w1"
+) -> dict[str, list[float]]:
+    seconds: dict[str, list[float]] = {"running": [], "first_forward": [], "finished": []}
     for _ in range(count):
+        logged = len(FIRST_FORWARD.findall(deployment.log(worker)))
         submitted = datetime.now().astimezone()
         audit_id = deployment.submit(*inputs)
         _succeeded(deployment, audit_id)
-        seconds.append(_started_after_submit(deployment, audit_id, submitted))
+        audit = deployment.audit(audit_id)
+        claimed = _started_after_submit(deployment, audit_id, submitted)
+        seconds["running"].append(claimed)
+        finished = datetime.fromisoformat(audit["finished_at"]) - submitted
+        seconds["finished"].append(finished.total_seconds())
+        found = FIRST_FORWARD.findall(deployment.log(worker))[logged:]
+        if found:
+            seconds["first_forward"].append(claimed + float(found[0]))
     return seconds
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "max": max(values)} if values else {}
 
 
 def batch_seconds(deployment: Deployment, inputs: tuple[str, str], count: int) -> float:
@@ -80,7 +102,11 @@ def main() -> None:
     parser.add_argument("--audits", type=int, default=12, help="audits per throughput batch")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--cold", action="store_true", help="no fork server: a fresh interpreter per job"
+    )
     args = parser.parse_args()
+    warm = {"SHIFTAUDIT_WARM_SANDBOX": "false" if args.cold else "true"}
     with tempfile.TemporaryDirectory() as tmp, fresh_database("shiftaudit_bench") as url:
         root = Path(tmp)
         upgrade(url)
@@ -96,11 +122,13 @@ def main() -> None:
                 export_program(GlobalPoolNet(width=128), root / "large.pt2"),
                 zip_probes(noise_probes(root / "probes96", 96, labels=5)),
             )
-            results: dict[str, Any] = {"audits_per_batch": args.audits}
-            deployment.start_worker("w1", "cpu", "--threads=1")
+            results: dict[str, Any] = {"audits_per_batch": args.audits, "cold": args.cold}
+            deployment.start_worker("w1", "cpu", "--threads=1", **warm)
             latency(deployment, small, 2)  # warm: the worker caches the artifacts
             lat = latency(deployment, small, 10)
-            results["submit_to_running_s"] = {"median": statistics.median(lat), "max": max(lat)}
+            results["submit_to_running_s"] = _summary(lat["running"])
+            results["submit_to_first_forward_s"] = _summary(lat["first_forward"])
+            results["submit_to_finished_s"] = _summary(lat["finished"])
             one, two = [], []
             sharded_one, sharded_two, unsharded = [], [], []
             for _ in range(args.rounds):
@@ -109,7 +137,7 @@ def main() -> None:
                 one.append(batch_seconds(deployment, small, args.audits))
                 unsharded.append(large_seconds(deployment, large, 10_000))
                 sharded_one.append(large_seconds(deployment, large, 48))
-                deployment.start_worker("w2", "cpu", "--threads=1")
+                deployment.start_worker("w2", "cpu", "--threads=1", **warm)
                 latency(deployment, small, 1)
                 two.append(batch_seconds(deployment, small, args.audits))
                 sharded_two.append(large_seconds(deployment, large, 48))

@@ -16,7 +16,7 @@ import uuid
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Protocol
 
-from service.audits.runner import job_options, run_shard
+from service.audits.runner import JobOptions, job_options, prepare_sandbox, run_shard
 from service.routing import RUN_SHARD_TASK, job_id
 from service.settings import Settings
 
@@ -99,8 +99,8 @@ class EmbeddedQueue:
         self._pool = ProcessPoolExecutor(
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=die_with_server,
-            initargs=(os.getpid(),),
+            initializer=start_runner,
+            initargs=(os.getpid(), self._options),
         )
         self._pending: dict[str, Future[str]] = {}
 
@@ -119,6 +119,13 @@ class EmbeddedQueue:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start_runner(server: int, options: JobOptions) -> None:
+    """A runner process's start: tied to its server, its sandbox fork server started (from this
+    main thread, which runs the jobs)."""
+    die_with_server(server)
+    prepare_sandbox(options)
 
 
 def die_with_server(server: int) -> None:

@@ -107,6 +107,13 @@ class Settings(BaseSettings):
         description="Memory limit of one sweep process (data size and resident "
         "memory on CPU workers, resident memory on GPU workers).",
     )
+    warm_sandbox: bool = Field(
+        True,
+        description="Keep a sandbox fork server per worker, started with the engine "
+        "imported, that forks a fresh process per job (never reused: one job each); it "
+        "saves each audit a fresh interpreter's start-up (seconds) and costs the memory of "
+        "one idle interpreter with torch loaded. False: a fresh interpreter per job.",
+    )
     heartbeat_timeout_s: float = Field(
         120,
         gt=0,

@@ -15,9 +15,10 @@ from dataclasses import replace
 from functools import cache
 
 from celery import Celery, Task
+from celery.signals import worker_ready
 from sqlalchemy.exc import OperationalError
 
-from service.audits.runner import job_options, run_shard
+from service.audits.runner import job_options, prepare_sandbox, run_shard
 from service.routing import RUN_SHARD_TASK
 from service.settings import Settings, get_settings
 
@@ -42,6 +43,14 @@ def create_celery(
     if worker_name is not None:
         options = replace(options, worker=f"{worker_name}:{os.getpid()}")
     urls = (settings.resolved_database_url, settings.resolved_storage_url)
+
+    # The sandbox's fork server is started, and imports the engine, while the worker waits
+    # for its first job. worker_ready is sent from the main thread, which runs the solo pool's
+    # jobs and so outlives the fork server (it dies with the thread that started it, and each
+    # job's process with it).
+    @worker_ready.connect(weak=False)  # type: ignore[untyped-decorator]
+    def start_sandbox(**_: object) -> None:
+        prepare_sandbox(options)
 
     @app.task(  # type: ignore[untyped-decorator]
         name=RUN_SHARD_TASK,

@@ -34,7 +34,7 @@ from service.models.tables import ModelFile
 from service.outbound_webhooks.outbox import record_audit_events
 from service.policies.evaluate import evaluate
 from service.probe_sets.tables import ProbeSetFile
-from service.scratch import scratch_directory
+from service.scratch import owner, scratch_directory
 from service.settings import Settings
 from service.storage import StorageError, storage_from_url
 from service.worker_cache import ArtifactCache
@@ -42,7 +42,7 @@ from shiftaudit.config import AuditConfig
 from shiftaudit.engine import merge_shards
 from shiftaudit.errors import ShiftAuditError, plain_message
 from shiftaudit.report import Report, ShardResult
-from shiftaudit.sandbox import Limits, SandboxError, Stopped, sweep_in_sandbox
+from shiftaudit.sandbox import Limits, SandboxError, Stopped, WarmSandbox, sweep_in_sandbox
 from shiftaudit_api.audits import OPEN_STATUSES, AuditStatus
 from shiftaudit_api.policies import PolicyResult
 
@@ -64,6 +64,9 @@ class JobOptions:
     cache_bytes: int
     max_attempts: int = 3  # runs of a shard whose sweep was killed from outside
     worker: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # Keep a sandbox fork server that forks each job's process (shiftaudit.sandbox.WarmSandbox):
+    # a small audit then skips the seconds of interpreter start and engine import.
+    warm_sandbox: bool = True
 
 
 def job_options(settings: Settings, *, threads: int | None = None) -> JobOptions:
@@ -78,6 +81,7 @@ def job_options(settings: Settings, *, threads: int | None = None) -> JobOptions
         cache_dir=settings.resolved_worker_cache_dir,
         cache_bytes=settings.worker_cache_bytes,
         max_attempts=settings.max_attempts,
+        warm_sandbox=settings.warm_sandbox,
     )
 
 
@@ -85,6 +89,29 @@ def job_scratch(cache_dir: Path) -> Path:
     """Where jobs of workers with this cache keep their scratch (one directory a job, named
     after its process: `shiftaudit worker` and `serve` remove dead processes' on start)."""
     return cache_dir / "scratch"
+
+
+_warm: WarmSandbox | None = None
+
+
+def warm_sandbox(options: JobOptions) -> WarmSandbox:
+    """This process's fork server, waiting in the job scratch under a name that
+    `remove_stale` ties to this process."""
+    global _warm
+    root = job_scratch(options.cache_dir)
+    if _warm is None or _warm.root != root:
+        if _warm is not None:
+            _warm.close()
+        _warm = WarmSandbox(root, prefix=f"warm-{owner()}-")
+    return _warm
+
+
+def prepare_sandbox(options: JobOptions) -> None:
+    """Start this process's sandbox fork server before its first job arrives (call it from
+    the thread that will run the jobs: the fork server, and so each job's process, dies
+    with it)."""
+    if options.warm_sandbox:
+        warm_sandbox(options).prepare_quietly(options.limits)
 
 
 def gpu_present() -> bool:
@@ -149,6 +176,7 @@ class _Job:
                         on_tick=heartbeat.set_progress,
                         should_stop=heartbeat.stop_requested.is_set,
                         tuning_cache=self.options.cache_dir / "tuning",
+                        warm=warm_sandbox(self.options) if self.options.warm_sandbox else None,
                     )
         except Stopped:
             return self._settle(AuditStatus.CANCELLED)

@@ -15,6 +15,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -132,7 +133,20 @@ def served(tmp_path) -> Iterator[tuple[LiveServer, Audits, list[tuple[int, int |
 
 
 def _sandboxes_below(pid: int) -> list[int]:
-    return [p for p in descendants(pid) if "shiftaudit.sandbox" in command_line(p)]
+    """Sandboxes below `pid` that run a sweep (not the one the runner keeps started for its
+    next job, which waits in a `warm-` directory of its own)."""
+    return [
+        p
+        for p in descendants(pid)
+        if "shiftaudit.sandbox" in command_line(p) and not _waiting_for_a_job(p)
+    ]
+
+
+def _waiting_for_a_job(pid: int) -> bool:
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")).name.startswith("warm-")
+    except OSError:
+        return False
 
 
 def _running_sweep(

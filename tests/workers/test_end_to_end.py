@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import redis
@@ -46,6 +50,60 @@ def test_an_audit_runs_on_a_worker_and_its_report_is_served(deploy, inputs):
     assert (shard.status.value, shard.attempts, shard.worker) == ("succeeded", 1, shard.worker)
     assert shard.worker is not None
     assert shard.worker.startswith("w1@test")
+
+
+def _fork_server(worker: int, timeout: float = 60) -> int:
+    """The worker's fork server, once it has imported the engine (torch's library mapped);
+    it waits in a `warm-` directory of its own."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text().split(") ", 1)[1].split()
+                if int(stat[1]) != worker:
+                    continue
+                waiting = Path(os.readlink(entry / "cwd")).name.startswith("warm-")
+                if waiting and "libtorch_cpu" in (entry / "maps").read_text():
+                    return int(entry.name)
+            except (OSError, ValueError):
+                continue
+        time.sleep(0.1)
+    raise AssertionError("the worker has no fork server")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+FORKED = re.compile(r"sandbox (\d+) forked by the fork server (\d+)")
+
+
+def test_each_audit_runs_in_a_fresh_child_of_a_fork_server_started_before_it(deploy, inputs):
+    deployment = deploy()
+    deployment.start_worker("w1")
+    worker = deployment.processes["w1"].pid
+    # Started, and the engine imported, before any audit exists.
+    server = _fork_server(worker)
+    model_id, probe_set_id = deployment.upload(*inputs)
+    for _ in range(2):
+        audit_id = deployment.submit(model_id, probe_set_id)
+        assert deployment.wait(audit_id)["status"] == "succeeded"
+    forked = [(int(child), int(parent)) for child, parent in FORKED.findall(deployment.log("w1"))]
+    children = [child for child, _ in forked]
+    assert [parent for _, parent in forked] == [server, server]
+    assert len(set(children)) == 2, "a fresh child per audit"
+    assert server not in children
+    assert not any(_alive(child) for child in children), "a child runs one audit, then exits"
+    assert _fork_server(worker) == server  # the same one serves the next audit
+    # The fork server dies with its worker, as its children do (through it).
+    deployment.kill("w1", signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(server):
+        assert time.monotonic() < deadline, "the fork server outlived its worker"
+        time.sleep(0.05)
 
 
 def test_a_sharded_audit_runs_on_two_workers_at_once_and_equals_the_unsharded_one(deploy, inputs):

@@ -7,7 +7,9 @@ models that segfault, allocate without limit or never return.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -50,7 +52,10 @@ def many_probes(tmp_path_factory):
 
 
 def _sandboxes() -> set[int]:
-    """Pids of live sandboxed sweeps on this machine."""
+    """Pids of live sandboxed sweeps of this checkout on this machine (not the fork servers
+    that workers keep, which wait in a `warm-` directory of their own). Other checkouts'
+    tests may run sandboxes on the same machine: theirs run another interpreter. Not only
+    this process's descendants: a sweep that outlived its worker is no one's."""
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -59,9 +64,17 @@ def _sandboxes() -> set[int]:
                 state = (entry / "stat").read_text().split(") ", 1)[1][0]
             except OSError:
                 continue
-            if b"shiftaudit.sandbox" in command and state != "Z":
+            ours = command[0] == os.fsencode(sys.executable)
+            if ours and b"shiftaudit.sandbox" in command and state != "Z" and not _idle(entry):
                 found.add(int(entry.name))
     return found
+
+
+def _idle(process: Path) -> bool:
+    try:
+        return Path(os.readlink(process / "cwd")).name.startswith("warm-")
+    except OSError:
+        return False
 
 
 def _wait_until(predicate, timeout: float, what: str) -> float:
