@@ -726,8 +726,6 @@ def _zygote(parent: int, data_limit: int | None) -> int:
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else 1
             except BaseException:
-                import traceback
-
                 traceback.print_exc()
             finally:
                 with contextlib.suppress(Exception):
