@@ -71,7 +71,11 @@ def create_app(settings: Settings | None = None, queue: AuditQueue | None = None
     app.state.settings = settings
     app.state.engine = make_engine(settings.resolved_database_url)
     app.state.sessions = session_factory(app.state.engine)
-    app.state.storage = storage_from_url(settings.resolved_storage_url)
+    # S3 uploads spool under the data directory's scratch, where a restart finds what a
+    # killed server left (the system temp directory is not ours to sweep).
+    app.state.storage = storage_from_url(
+        settings.resolved_storage_url, tmp_dir=settings.data_dir / "tmp"
+    )
     # Unpacking and checking a probe-set archive costs disk and a core: so many at once.
     app.state.probe_checks = threading.BoundedSemaphore(settings.max_concurrent_probe_checks)
     problems.install(app)

@@ -55,8 +55,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 def remove_leftovers(settings: Settings) -> None:
     """Remove what processes killed before (SIGKILL, a crash, a power cut) left in this
-    service's scratch space: request scratch, upload spools of local storage and, for the
-    embedded runner, its jobs' scratch. Live processes' scratch is left alone."""
+    service's scratch space: request scratch and S3 upload spools (both in the data
+    directory's tmp/), upload spools of local storage and, for the embedded runner, its jobs'
+    scratch. Live processes' scratch is left alone."""
     from service.audits.runner import job_scratch
     from service.scratch import remove_stale
     from service.storage import LocalStorage, storage_from_url

@@ -9,6 +9,7 @@ left 1.8 GB. Now scratch is per request and named after its process, and `serve`
 from __future__ import annotations
 
 import signal
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,14 +17,25 @@ import pytest
 
 from service.audits.runner import job_scratch
 from service.scratch import owner, process_directory
+from tests.service.test_storage import BUCKET, REGION, s3_endpoint  # noqa: F401 (fixture)
 from tests.workers.conftest import broker, database, deploy  # noqa: F401 (fixtures)
 
 from .live import LiveServer, wait_until
 
 
-@pytest.fixture
-def server(tmp_path) -> Iterator[LiveServer]:
-    live = LiveServer(tmp_path / "data")
+@pytest.fixture(params=["local", "s3"])
+def server(request, tmp_path) -> Iterator[LiveServer]:
+    settings = {}
+    if request.param == "s3":  # the model spools before it goes to S3: in the data directory
+        endpoint = request.getfixturevalue("s3_endpoint")
+        settings = {
+            "SHIFTAUDIT_STORAGE_URL": f"s3://{BUCKET}/scratch-{uuid.uuid4().hex[:8]}/"
+            f"?endpoint_url={endpoint}&region={REGION}",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+    live = LiveServer(tmp_path / "data", **settings)
     live.writer = live.key("scratch", "write")
     live.start()
     yield live
@@ -62,7 +74,7 @@ def test_a_server_killed_mid_upload_leaves_no_scratch_after_a_restart(server):
         "the uploads to reach the scratch space",
     )
     residue = _scratch_files(server.data_dir)
-    requests = [p.name for p in (server.data_dir / "tmp").iterdir()]
+    requests = [p.name for p in (server.data_dir / "tmp").iterdir() if p.is_dir()]
     killed = server.pid
     server.kill(signal.SIGKILL)
     for connection in sockets:
