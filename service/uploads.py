@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 from fastapi import HTTPException, Request
@@ -37,6 +38,18 @@ def _extended_filename(disposition: str) -> str:
         return unquote(encoded, encoding=charset or "utf-8", errors="strict")
     except (LookupError, UnicodeDecodeError):
         return ""
+
+
+def multipart_body(properties: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """The OpenAPI request body of an upload endpoint, which parses its multipart body
+    itself (so FastAPI cannot describe it): a required `file` and `name`, and `properties`."""
+    schema = {"type": "object", "required": ["file", "name"], "properties": properties}
+    return {
+        "requestBody": {
+            "content": {"multipart/form-data": {"schema": schema}},
+            "required": True,
+        }
+    }
 
 
 def streams_own_body() -> None:

@@ -12,7 +12,12 @@ from service.idempotency import IdempotencyKeyHeader
 from service.models.service import MODELS, register_model
 from service.storage import ArtifactStorage, ArtifactTooLarge
 from service.stored_files.endpoints import add_routes, finish_upload
-from service.uploads import MultipartUpload, refuse_declared_length, streams_own_body
+from service.uploads import (
+    MultipartUpload,
+    multipart_body,
+    refuse_declared_length,
+    streams_own_body,
+)
 from shiftaudit_api.uploads import ModelUploaded
 
 router = APIRouter(prefix="/v1/models", tags=["models"], route_class=GuardedRoute)
@@ -27,26 +32,15 @@ router = APIRouter(prefix="/v1/models", tags=["models"], route_class=GuardedRout
     responses={
         200: {"model": ModelUploaded, "description": "already uploaded"},
     },
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file", "name"],
-                        "properties": {
-                            "file": {"type": "string", "format": "binary"},
-                            "name": {"type": "string"},
-                            "version": {"type": "string"},
-                            "registry_ref": {"type": "string"},
-                            "class_names": {"type": "string", "description": "JSON list"},
-                        },
-                    }
-                }
-            },
-            "required": True,
+    openapi_extra=multipart_body(
+        {
+            "file": {"type": "string", "format": "binary"},
+            "name": {"type": "string"},
+            "version": {"type": "string"},
+            "registry_ref": {"type": "string"},
+            "class_names": {"type": "string", "description": "JSON list"},
         }
-    },
+    ),
 )
 async def upload_model(
     request: Request,

@@ -18,7 +18,12 @@ from service.probe_sets.service import PROBE_SETS, as_archive, register_probe_se
 from service.scratch import scratch_directory
 from service.storage import ArtifactStorage, ArtifactTooLarge
 from service.stored_files.endpoints import add_routes, finish_upload
-from service.uploads import MultipartUpload, refuse_declared_length, streams_own_body
+from service.uploads import (
+    MultipartUpload,
+    multipart_body,
+    refuse_declared_length,
+    streams_own_body,
+)
 from shiftaudit_api.uploads import ProbeSetUploaded
 
 router = APIRouter(prefix="/v1/probe-sets", tags=["probe sets"], route_class=GuardedRoute)
@@ -33,30 +38,19 @@ router = APIRouter(prefix="/v1/probe-sets", tags=["probe sets"], route_class=Gua
     responses={
         200: {"model": ProbeSetUploaded, "description": "already uploaded"},
     },
-    openapi_extra={
-        "requestBody": {
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["file", "name"],
-                        "properties": {
-                            "file": {
-                                "type": "string",
-                                "format": "binary",
-                                "description": "One .zip or .tar(.gz) archive of PNG, JPEG or "
-                                "WebP images, or several (or one) image files as repeated "
-                                "'file' parts: those are packed into a tar, sorted by name.",
-                            },
-                            "name": {"type": "string"},
-                            "class_names": {"type": "string", "description": "JSON list"},
-                        },
-                    }
-                }
+    openapi_extra=multipart_body(
+        {
+            "file": {
+                "type": "string",
+                "format": "binary",
+                "description": "One .zip or .tar(.gz) archive of PNG, JPEG or WebP images, "
+                "or several (or one) image files as repeated 'file' parts: those are packed "
+                "into a tar, sorted by name.",
             },
-            "required": True,
+            "name": {"type": "string"},
+            "class_names": {"type": "string", "description": "JSON list"},
         }
-    },
+    ),
 )
 async def upload_probe_set(
     request: Request,
