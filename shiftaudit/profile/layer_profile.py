@@ -413,16 +413,7 @@ def _aliasing(
         lambda t: graph.run(torch.roll(inputs, t, dims=dims), torus=True, keep=set(names)),
         OFF_GRID,
     )
-    for t, shifted in zip(OFF_GRID, runs, strict=True):
-        measured.passes += 1
-
-        def compare(
-            name: str, t: tuple[int, int] = t, shifted: Mapping[str, Any] = shifted
-        ) -> torch.Tensor:
-            return shift_errors(shifted=shifted[name], reference=references[name], t=t)[0]
-
-        for name, errors in zip(names, tasks.map(compare, names), strict=True):
-            measured.add("aliasing", name, errors)
+    _add_off_grid_errors(measured, "aliasing", names, references, runs, tasks=tasks)
 
 
 def _shifter(
@@ -495,7 +486,23 @@ def _local_aliasing(
         return graph.run_alone({name: (cones[name], moved[name]) for name in runnable})
 
     # The inputs of the next t are shifted and run while the outputs of this one are compared.
-    for t, outputs in zip(OFF_GRID, _prefetched(run, OFF_GRID), strict=True):
+    runs = _prefetched(run, OFF_GRID)
+    _add_off_grid_errors(measured, "local", runnable, references, runs, tasks=tasks)
+
+
+def _add_off_grid_errors(
+    measured: _Measured,
+    kind: str,
+    names: Sequence[str],
+    references: Mapping[str, IdealShifter],
+    runs: Iterator[Mapping[str, Any]],
+    *,
+    tasks: Tasks,
+) -> None:
+    """Per off-grid t (one run of `runs` each): the error of each `names` output against
+    T_t of its reference (`shift_errors`: ||f_t - T_{t/j} f|| / ||f||), compared side by side
+    on `tasks`."""
+    for t, outputs in zip(OFF_GRID, runs, strict=True):
         measured.passes += 1
 
         def compare(
@@ -503,8 +510,8 @@ def _local_aliasing(
         ) -> torch.Tensor:
             return shift_errors(shifted=outputs[name], reference=references[name], t=t)[0]
 
-        for name, errors in zip(runnable, tasks.map(compare, runnable), strict=True):
-            measured.add("local", name, errors)
+        for name, errors in zip(names, tasks.map(compare, names), strict=True):
+            measured.add(kind, name, errors)
 
 
 def _moved_inputs(
