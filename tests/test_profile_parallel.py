@@ -68,6 +68,14 @@ def _numbers(entry: Any) -> dict[str, float | None]:
     return {name: getattr(entry, name) for name in (*fields, "relative_error_max")}
 
 
+def _findings(profile: Any) -> tuple[dict[str, Any], float | None]:
+    """The findings without the one number they carry (the birth node's local aliasing),
+    and that number: nodes, roles and texts must be equal, the number within tolerance."""
+    found = profile.findings.model_dump()
+    born = found["aliasing_born_at"]
+    return found, born.pop("local_aliasing") if born else None
+
+
 @pytest.mark.parametrize(
     "module", [AliasingNet(), _ZeroPaddedStrided(), TinyViT()], ids=["circular", "zero", "vit"]
 )
@@ -82,7 +90,11 @@ def test_the_parallel_profile_equals_the_plain_computation(tmp_path, monkeypatch
     plain = layer_profile(load_runtime(path), inputs, layout="NCHW", size=(size, size))
 
     assert [e.name for e in fast.entries] == [e.name for e in plain.entries]
-    assert fast.findings == plain.findings
+    (found, born), (expected, expected_born) = _findings(fast), _findings(plain)
+    assert found == expected
+    assert (born is None) == (expected_born is None)
+    if born is not None:
+        assert born == pytest.approx(expected_born, rel=RELATIVE, abs=ABSOLUTE)
     assert fast.forward_passes == plain.forward_passes
     measured = 0
     for a, b in zip(fast.entries, plain.entries, strict=True):

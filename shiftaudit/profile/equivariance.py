@@ -76,6 +76,22 @@ def shift_errors(
     return errors, cosine[keep]
 
 
+def errors_against(
+    *, shifted: torch.Tensor, ideal: torch.Tensor, reference: IdealShifter
+) -> torch.Tensor:
+    """E = ||shifted - ideal|| / ||reference|| per probe, where `ideal` is T_{t/j} of the
+    reference, made already (`IdealShifter.__call__`, shared by every comparison that needs it):
+    the difference on the grid, in the layer's precision; probes whose reference is all zeros
+    are left out."""
+    geometry, value = reference.geometry, reference.value
+    count = value.shape[0]
+    difference = positions(shifted.to(value.dtype), geometry) - positions(ideal, geometry)
+    distance = _norms(difference.reshape(count, -1))
+    norm = reference.norms
+    keep = norm > 0
+    return (distance / norm)[keep]
+
+
 def _norms(rows: torch.Tensor) -> torch.Tensor:
     """The Frobenius norm of each row, as float64."""
     norms: torch.Tensor = torch.linalg.vector_norm(rows, dim=1)

@@ -14,14 +14,17 @@ for P probes and S distinct strides among the spatial layers:
   (1, 1)}: at most 3 S + 3 (3 S when a stride is 1, whose on-grid set is the off-grid one);
 - torus variant: 1 reference pass, and 3 off-grid passes unless the rewrite changed nothing
   (a network that pads circularly is its own torus variant);
-- local aliasing: 1 + 3 runs in which every profiled node runs once, on its own inputs: each
-  at most one forward pass.
+- local aliasing: 3 runs in which every profiled node runs once, on the ideally shifted
+  inputs: each at most one forward pass (the unshifted reference is the torus variant's own
+  output of the node).
 
-In all at most P (12 + 3 S) (`shiftaudit.cost.layer_profile_forward_passes`); without graph access
-(TorchScript) at most P (4 + 3 S). Each pass also keeps every intermediate output; a
-fractional comparison costs one forward real FFT of the shifted output (by Parseval, against
-the reference's spectrum, taken once for its three shifts: about as much memory as the
-tensor), and each shifted input of a local run one inverse.
+In all at most P (11 + 3 S) (`shiftaudit.cost.layer_profile_forward_passes`); without graph access
+(TorchScript) at most P (4 + 3 S). Each pass also keeps every intermediate output it compares.
+A fractional comparison on the deployed network costs one forward real FFT of the shifted
+output (by Parseval, against the reference's spectrum, taken once for its three shifts); on the
+torus variant, the ideal shift T_{t/j} h of each map is made once per t (one inverse FFT) and
+serves as the reference of its aliasing_error, of its own local_aliasing and as the input of
+the nodes that read it. On a CPU the probes run one at a time (`_chunks`: memory).
 
 How it runs (`parallel.py`): on a CPU, torch at one intra-op thread, the comparisons of one
 step (one per layer) and the shifted inputs of a local run (one per tensor) side by side on
@@ -32,7 +35,7 @@ of float32 arithmetic on one thread instead of several, tests/test_profile_paral
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +48,7 @@ from .access import TORCHSCRIPT, Graph, open_graph
 from .equivariance import (
     OFF_GRID,
     ErrorSamples,
+    errors_against,
     on_grid_shifts,
     output_shift,
     shift_errors,
@@ -119,35 +123,42 @@ def _profile(
     dims = (2, 3) if layout == "NCHW" else (1, 2)
     measured = _Measured()
     graph, graph_reason = open_graph(model, threads=tasks.run_threads)
-    deployed = _deployed(model, graph, inputs)
-    measured.passes += 1
-    values = deployed.reference
-    geometries = {
-        name: geometry_of(value.shape, size=size, layout=layout) for name, value in values.items()
-    }
-    _deployed_errors(deployed, inputs, geometries, measured, dims=dims, tasks=tasks)
     analysis = None
-    torus = TorusVariant(available=False, reason=graph_reason, rewritten=[], refused={})
     if graph is not None:
         analysis = receptive_fields(graph.static, size=size, layout=layout)
-        torus = _torus_errors(
-            graph,
-            analysis,
-            inputs,
-            geometries,
-            measured,
-            dims=dims,
-            layout=layout,
-            size=size,
-            tasks=tasks,
-        )
-    else:
-        for name in values:
-            for field_name in ("aliasing_error", "local_aliasing", "receptive_field"):
-                measured.why(name, field_name, graph_reason or TORCHSCRIPT)
+        graph.prepare_torus(analysis)
+    torus = TorusVariant(available=False, reason=graph_reason, rewritten=[], refused={})
+    probe_passes = 0
+    for chunk in _chunks(inputs, model.device):
+        before = measured.passes
+        deployed = _deployed(model, graph, chunk)
+        measured.passes += 1
+        values = deployed.reference
+        geometries = {
+            name: geometry_of(value.shape, size=size, layout=layout)
+            for name, value in values.items()
+        }
+        _deployed_errors(deployed, chunk, geometries, measured, dims=dims, tasks=tasks)
+        if graph is not None and analysis is not None:
+            torus = _torus_errors(
+                graph,
+                analysis,
+                chunk,
+                geometries,
+                measured,
+                dims=dims,
+                layout=layout,
+                size=size,
+                tasks=tasks,
+            )
+        else:
+            for name in values:
+                for field_name in ("aliasing_error", "local_aliasing", "receptive_field"):
+                    measured.why(name, field_name, graph_reason or TORCHSCRIPT)
+        probe_passes += (measured.passes - before) * int(chunk.shape[0])
     entries = _entries(
         reference=deployed.layers,
-        values=values,
+        shapes={name: [count, *value.shape[1:]] for name, value in values.items()},
         geometries=geometries,
         measured=measured,
         graph=graph,
@@ -164,9 +175,23 @@ def _profile(
         entries=entries,
         off_grid_shifts=list(OFF_GRID),
         torus=torus,
-        forward_passes=measured.passes * count,
+        forward_passes=probe_passes,
         findings=layer_findings(entries, roles=roles, size=size),
     )
+
+
+def _chunks(inputs: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """The probes as the profile runs them: one at a time on a CPU, all at once elsewhere.
+
+    Every error is per probe, so the chunks change no number beyond float32 rounding. On a
+    CPU the profile's cost is memory: each run keeps every intermediate output, and a few
+    runs' outputs, spectra and ideal shifts are alive at once (5.5 GB for 4 probes of
+    EfficientNet-Lite1 at 240 px), so the kernel spends as long zeroing fresh pages as the
+    FFTs take; one probe at a time keeps that to a quarter. On a GPU a batch amortises the
+    launches, and its memory is the device's."""
+    if device.type != "cpu" or len(inputs) < 2:
+        return [inputs]
+    return [inputs[i : i + 1] for i in range(len(inputs))]
 
 
 @dataclass
@@ -175,7 +200,8 @@ class _Deployed:
 
     layers: list[tuple[str, str]]  # (name, op type), in graph order
     reference: dict[str, torch.Tensor]
-    run: Callable[[torch.Tensor], dict[str, torch.Tensor]]
+    # The outputs named for an input: a run fetches only the layers a shift compares.
+    run: Callable[[torch.Tensor, Collection[str]], dict[str, torch.Tensor]]
 
 
 def _deployed(model: Runtime, graph: Graph | None, inputs: torch.Tensor) -> _Deployed:
@@ -183,18 +209,19 @@ def _deployed(model: Runtime, graph: Graph | None, inputs: torch.Tensor) -> _Dep
     one (ONNX, torch.export: the same float graph, in ONNX sessions whose threads do not spin
     while torch works between runs), else through the runtime's `forward_with_layers`."""
     if graph is not None:
-        names = graph.layer_names()
         op_types = {node.name: node.op_type for node in graph.static.nodes}
 
-        def run_graph(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        def run_graph(x: torch.Tensor, names: Collection[str]) -> dict[str, torch.Tensor]:
             values = graph.run(x, torus=False, keep=set(names))
             return {name: _floating(values[name]) for name in names}
 
+        names = graph.layer_names()
         layers = [(name, op_types[name]) for name in names]
-        return _Deployed(layers, run_graph(inputs), run_graph)
+        return _Deployed(layers, run_graph(inputs, names), run_graph)
 
-    def run_runtime(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {layer.name: layer.value for layer in model.forward_with_layers(x)[1]}
+    def run_runtime(x: torch.Tensor, names: Collection[str]) -> dict[str, torch.Tensor]:
+        recorded = model.forward_with_layers(x)[1]
+        return {layer.name: layer.value for layer in recorded if layer.name in names}
 
     _, recorded = model.forward_with_layers(inputs)
     layers = [(layer.name, layer.op_type) for layer in recorded]
@@ -202,21 +229,26 @@ def _deployed(model: Runtime, graph: Graph | None, inputs: torch.Tensor) -> _Dep
 
 
 def _prefetched(
-    run: Callable[[tuple[int, int]], dict[str, Any]], shifts: Sequence[tuple[int, int]]
+    run: Callable[[tuple[int, int]], dict[str, Any]],
+    shifts: Sequence[tuple[int, int]],
+    *,
+    ahead: int = 2,
 ) -> Iterator[dict[str, Any]]:
-    """run(t) for each shift in order, the run of the next shift going on in a worker thread
-    while the caller compares the current one (two runs' outputs are then held at once).
+    """run(t) for each shift in order, the runs of the next `ahead` shifts going on in worker
+    threads while the caller compares the current one (up to ahead + 1 runs' outputs are then
+    held at once).
 
-    ONNX Runtime and torch release the GIL while they compute, so the model's run and the
-    comparisons share the cores, each on its own threads; the run keeps the caller's
-    inference mode and autocast (`in_callers_modes`), which are a thread's own."""
+    ONNX Runtime and torch release the GIL while they compute, so the model's runs and the
+    comparisons share the cores, each on its own threads; a run keeps the caller's inference
+    mode and autocast (`in_callers_modes`), which are a thread's own. Two runs side by side:
+    the deployed network's runs outnumber its comparisons' work on the layers they read."""
     run = in_callers_modes(run)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = [pool.submit(run, t) for t in shifts[:1]]
+    with ThreadPoolExecutor(max_workers=ahead) as pool:
+        pending = [pool.submit(run, t) for t in shifts[:ahead]]
         for i in range(len(shifts)):
-            result = pending.pop().result()
-            if i + 1 < len(shifts):
-                pending.append(pool.submit(run, shifts[i + 1]))
+            result = pending.pop(0).result()
+            if i + ahead < len(shifts):
+                pending.append(pool.submit(run, shifts[i + ahead]))
             yield result
 
 
@@ -248,29 +280,33 @@ def _deployed_errors(
     }
     if not references:
         return  # nothing to shift: no pass is spent
+
+    def kinds(name: str, t: tuple[int, int]) -> tuple[bool, bool]:
+        stride = references[name].geometry.stride
+        assert stride is not None
+        return t in on_grid[stride], t in OFF_GRID
+
+    compared = {t: [name for name in references if any(kinds(name, t))] for t in shifts}
     runs = _prefetched(
-        lambda t: deployed.run(torch.roll(inputs, t, dims=dims)),
+        lambda t: deployed.run(torch.roll(inputs, t, dims=dims), compared[t]),
         shifts,
     )
     for t, shifted in zip(shifts, runs, strict=True):
         measured.passes += 1
-
-        def kinds(name: str, t: tuple[int, int] = t) -> tuple[bool, bool]:
-            stride = references[name].geometry.stride
-            assert stride is not None
-            return t in on_grid[stride], t in OFF_GRID
-
-        names = [name for name in references if any(kinds(name))]
+        names = compared[t]
 
         def compare(
             name: str, t: tuple[int, int] = t, shifted: Mapping[str, Any] = shifted
         ) -> tuple[torch.Tensor, torch.Tensor | None]:
             return shift_errors(
-                shifted=shifted[name], reference=references[name], t=t, with_cosine=kinds(name)[0]
+                shifted=shifted[name],
+                reference=references[name],
+                t=t,
+                with_cosine=kinds(name, t)[0],
             )
 
         for name, (errors, cosine) in zip(names, tasks.map(compare, names), strict=True):
-            on, off = kinds(name)
+            on, off = kinds(name, t)
             if on and cosine is not None:
                 measured.add("on_grid", name, errors)
                 measured.add("cosine", name, cosine)
@@ -303,8 +339,7 @@ def _torus_errors(
     size: tuple[int, int],
     tasks: Tasks,
 ) -> TorusVariant:
-    """aliasing_error and local_aliasing, on the torus variant."""
-    graph.prepare_torus(analysis)
+    """aliasing_error and local_aliasing, on the torus variant (`graph.prepare_torus` done)."""
     taint = _tainted(graph.static, graph.refused)
     nodes = {node.name for node in graph.static.nodes}
     for name, reason in taint.items():
@@ -324,30 +359,18 @@ def _torus_errors(
         keep = set(clean) | {i for cone in cones.values() for i in graph.inputs_of(cone)}
         base = graph.run(inputs, torus=True, keep=keep)
         measured.passes += 1
-        # The spectra of the torus variant's maps, taken once: the references of
-        # aliasing_error are the inputs of the local runs.
-        spectra: dict[str, IdealShifter] = {}
-        _aliasing(
+        _torus_shift_errors(
             graph,
             base,
             inputs,
             clean,
-            geometries,
-            measured,
-            dims=dims,
-            tasks=tasks,
-            spectra=spectra,
-        )
-        _local_aliasing(
-            graph,
-            base,
             cones,
             geometries,
             measured,
+            dims=dims,
             layout=layout,
             size=size,
             tasks=tasks,
-            spectra=spectra,
         )
     except Exception as exc:
         reason = f"the torus variant failed to run: {type(exc).__name__}: {exc}"
@@ -388,163 +411,125 @@ def _cone(name: str, static: StaticGraph, *, size: tuple[int, int], layout: str)
     return sorted(cone, key=order.__getitem__)
 
 
-def _aliasing(
+def _torus_shift_errors(
     graph: Graph,
     base: Mapping[str, Any],
     inputs: torch.Tensor,
-    names: Sequence[str],
-    geometries: Mapping[str, Geometry],
-    measured: _Measured,
-    *,
-    dims: tuple[int, int],
-    tasks: Tasks,
-    spectra: dict[str, IdealShifter],
-) -> None:
-    """aliasing_error: the off-grid error of the torus variant (the deployed one's when the
-    rewrite changed nothing: the network is then its own torus variant). The references'
-    shifters go into `spectra`, keyed by tensor."""
-    if not graph.rewritten:
-        for name in names:
-            if name in measured.samples["off_grid"]:
-                measured.samples["aliasing"][name] = measured.samples["off_grid"][name]
-        return
-    references = {name: _shifter(spectra, base, name, geometries[name]) for name in names}
-    runs = _prefetched(
-        lambda t: graph.run(torch.roll(inputs, t, dims=dims), torus=True, keep=set(names)),
-        OFF_GRID,
-    )
-    _add_off_grid_errors(measured, "aliasing", names, references, runs, tasks=tasks)
-
-
-def _shifter(
-    spectra: dict[str, IdealShifter], base: Mapping[str, Any], tensor: str, geometry: Geometry
-) -> IdealShifter:
-    """The shifter of `base[tensor]` in `spectra` (made there on first use), so that its
-    spectrum is taken once however many comparisons and local runs read it."""
-    found = spectra.get(tensor)
-    if found is None or found.geometry != geometry:
-        found = spectra[tensor] = IdealShifter(base[tensor], geometry)
-    return found
-
-
-def _local_aliasing(
-    graph: Graph,
-    base: Mapping[str, Any],
+    clean: Sequence[str],
     cones: Mapping[str, Sequence[str]],
     geometries: Mapping[str, Geometry],
     measured: _Measured,
     *,
+    dims: tuple[int, int],
     layout: str,
     size: tuple[int, int],
     tasks: Tasks,
-    spectra: dict[str, IdealShifter],
 ) -> None:
-    """local_aliasing: ||f(T_{t/j_1} h_1, ...) - T_{t/j} f(h_1, ...)|| / ||f(h_1, ...)||.
+    """aliasing_error and local_aliasing, one off-grid t at a time, from one set of ideal
+    shifts of the torus variant's maps h = base:
 
-    The shifted inputs T_{t/j_k} h_k of one t are made side by side (`tasks`), from the
-    spectra in `spectra` (those of aliasing_error's references, where they are the same
-    tensors), and so are the comparisons of the nodes' outputs."""
+        aliasing_error  ||F_torus(roll_t x) - T_{t/j} h|| / ||h||
+        local_aliasing  ||f(T_{t/j_1} h_1, ...) - T_{t/j} h|| / ||h||,  h = f(h_1, ...)
+
+    T_{t/j} h of a map is both the reference of its own comparisons and the shifted input of
+    the nodes that read it, so each is made once per t (side by side, `tasks`); a node's own
+    output in the torus variant is f(h_1, ...), the node on the same inputs. The model runs
+    (the torus variant on roll_t x, the nodes alone) go on in a worker thread while the
+    previous comparisons are made."""
+    aliased = list(clean) if graph.rewritten else []
+    if not graph.rewritten:  # the network is its own torus variant
+        for name in clean:
+            if name in measured.samples["off_grid"]:
+                measured.samples["aliasing"][name] = measured.samples["off_grid"][name]
+    runnable, reads = _local_reads(graph, base, cones, measured, layout=layout, size=size)
+    moving: dict[str, Geometry] = {name: geometries[name] for name in (*aliased, *runnable)}
+    for pairs in reads.values():
+        for tensor, geometry in pairs:
+            if geometry is not None and geometry.stride is not None:
+                moving.setdefault(tensor, geometry)
+    if not moving:
+        return
+    # Made here, in order, before any thread reads them: each spectrum is taken once.
+    shifters = {tensor: IdealShifter(base[tensor], geometry) for tensor, geometry in moving.items()}
+
+    def ideal_shifts(t: tuple[int, int]) -> dict[str, torch.Tensor]:
+        def shift(tensor: str) -> torch.Tensor:
+            return shifters[tensor](output_shift(t, moving[tensor].stride or 1))
+
+        return dict(zip(moving, tasks.map(shift, list(moving)), strict=True))
+
+    def torus_run(t: tuple[int, int]) -> dict[str, Any]:
+        return graph.run(torch.roll(inputs, t, dims=dims), torus=True, keep=set(aliased))
+
+    def alone_run(ideal: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        moved = {
+            name: (cones[name], [ideal.get(tensor, base[tensor]) for tensor, _ in reads[name]])
+            for name in runnable
+        }
+        return graph.run_alone(moved)
+
+    def compare(
+        names: Sequence[str], outputs: Mapping[str, Any], ideal: Mapping[str, torch.Tensor]
+    ) -> list[torch.Tensor]:
+        return tasks.map(
+            lambda name: errors_against(
+                shifted=outputs[name], ideal=ideal[name], reference=shifters[name]
+            ),
+            names,
+        )
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="shiftaudit-runs") as runs:
+        pending = runs.submit(in_callers_modes(torus_run), OFF_GRID[0]) if aliased else None
+        for i, t in enumerate(OFF_GRID):
+            ideal = ideal_shifts(t)
+            alone = runs.submit(in_callers_modes(alone_run), ideal) if runnable else None
+            torus = pending.result() if pending is not None else None
+            if aliased and i + 1 < len(OFF_GRID):
+                pending = runs.submit(in_callers_modes(torus_run), OFF_GRID[i + 1])
+            if torus is not None:
+                measured.passes += 1
+                for name, errors in zip(aliased, compare(aliased, torus, ideal), strict=True):
+                    measured.add("aliasing", name, errors)
+            if alone is not None:
+                measured.passes += 1
+                outputs = alone.result()
+                for name, errors in zip(runnable, compare(runnable, outputs, ideal), strict=True):
+                    measured.add("local", name, errors)
+
+
+def _local_reads(
+    graph: Graph,
+    base: Mapping[str, Any],
+    cones: Mapping[str, Sequence[str]],
+    measured: _Measured,
+    *,
+    layout: str,
+    size: tuple[int, int],
+) -> tuple[list[str], dict[str, list[tuple[str, Geometry | None]]]]:
+    """The nodes whose local aliasing can be measured, and per node the tensors its cone reads
+    from outside, each with its geometry (None: weights, constants, sizes and non-spatial
+    values, which pass unchanged). The others get their reason."""
     activations = graph.static.activations
-    outside = {name: graph.inputs_of(cone) for name, cone in cones.items()}
 
     def input_geometry(tensor: str) -> Geometry | None:
         value = base.get(tensor)
         if tensor not in activations or not isinstance(value, torch.Tensor):
-            return None  # weights, constants and sizes pass unchanged
+            return None
         geometry = geometry_of(value.shape, size=size, layout=layout)
         return geometry if geometry.spatial else None
 
-    reads = {name: [input_geometry(t) for t in outside[name]] for name in cones}
-    runnable = []
-    for name in cones:
-        integer = [
-            t
-            for t, g in zip(outside[name], reads[name], strict=True)
-            if g is not None and not base[t].is_floating_point()
-        ]
+    runnable, reads = [], {}
+    for name, cone in cones.items():
+        pairs = [(t, input_geometry(t)) for t in graph.inputs_of(cone)]
+        integer = [t for t, g in pairs if g is not None and not base[t].is_floating_point()]
         if integer:
             measured.why(name, "local_aliasing", INTEGER_INPUT.format(integer[0]))
-        elif any(g is not None for g in reads[name]):
+        elif any(g is not None for _, g in pairs):
             runnable.append(name)
+            reads[name] = pairs
         else:
             measured.why(name, "local_aliasing", NO_SPATIAL_INPUT)
-    if not runnable:
-        return
-    values = {name: [base[t] for t in outside[name]] for name in runnable}
-    alone = graph.run_alone({name: (cones[name], values[name]) for name in runnable})
-    measured.passes += 1
-    references = {name: IdealShifter(alone[name], geometries[name]) for name in runnable}
-    pairs = {name: list(zip(outside[name], reads[name], strict=True)) for name in runnable}
-    # Shifters made here, in order, before any thread reads them.
-    for inputs in pairs.values():
-        for tensor, geometry in inputs:
-            if geometry is not None and geometry.stride is not None:
-                _shifter(spectra, base, tensor, geometry)
-
-    def run(t: tuple[int, int]) -> dict[str, torch.Tensor]:
-        moved = _moved_inputs(base, pairs, t, spectra, tasks=tasks)
-        return graph.run_alone({name: (cones[name], moved[name]) for name in runnable})
-
-    # The inputs of the next t are shifted and run while the outputs of this one are compared.
-    runs = _prefetched(run, OFF_GRID)
-    _add_off_grid_errors(measured, "local", runnable, references, runs, tasks=tasks)
-
-
-def _add_off_grid_errors(
-    measured: _Measured,
-    kind: str,
-    names: Sequence[str],
-    references: Mapping[str, IdealShifter],
-    runs: Iterator[Mapping[str, Any]],
-    *,
-    tasks: Tasks,
-) -> None:
-    """Per off-grid t (one run of `runs` each): the error of each `names` output against
-    T_t of its reference (`shift_errors`: ||f_t - T_{t/j} f|| / ||f||), compared side by side
-    on `tasks`."""
-    for t, outputs in zip(OFF_GRID, runs, strict=True):
-        measured.passes += 1
-
-        def compare(
-            name: str, t: tuple[int, int] = t, outputs: Mapping[str, Any] = outputs
-        ) -> torch.Tensor:
-            return shift_errors(shifted=outputs[name], reference=references[name], t=t)[0]
-
-        for name, errors in zip(names, tasks.map(compare, names), strict=True):
-            measured.add(kind, name, errors)
-
-
-def _moved_inputs(
-    base: Mapping[str, Any],
-    reads: Mapping[str, Sequence[tuple[str, Geometry | None]]],
-    t: tuple[int, int],
-    shifters: dict[str, IdealShifter],
-    *,
-    tasks: Tasks,
-) -> dict[str, list[Any]]:
-    """T_{t/j_k} h_k for every spatial input h_k of every node, at the input's own stride;
-    weights, constants, sizes and non-spatial inputs unchanged. A tensor that several nodes
-    read is shifted once (the tensors side by side, on `tasks`); `shifters` keeps its
-    spectrum for the next t."""
-    moving: dict[str, Geometry] = {}
-    for inputs in reads.values():
-        for tensor, geometry in inputs:
-            if geometry is not None and geometry.stride is not None:
-                moving.setdefault(tensor, geometry)
-    # Made here, in order, so that no two tasks make the same shifter.
-    for tensor, geometry in moving.items():
-        _shifter(shifters, base, tensor, geometry)
-
-    def move(tensor: str) -> torch.Tensor:
-        stride = moving[tensor].stride
-        assert stride is not None
-        return shifters[tensor](output_shift(t, stride))
-
-    shifted = dict(zip(moving, tasks.map(move, list(moving)), strict=True))
-    return {
-        name: [shifted.get(tensor, base[tensor]) for tensor, _ in inputs]
-        for name, inputs in reads.items()
-    }
+    return runnable, reads
 
 
 def _static_extents(shape: Shape | None, *, batch: int) -> list[int] | None:
@@ -574,7 +559,7 @@ def _receptive_field(state: Field, *, size: tuple[int, int]) -> ReceptiveField:
 def _entries(
     *,
     reference: Sequence[tuple[str, str]],
-    values: Mapping[str, torch.Tensor],
+    shapes: Mapping[str, list[int]],
     geometries: Mapping[str, Geometry],
     measured: _Measured,
     graph: Graph | None,
@@ -604,7 +589,7 @@ def _entries(
             dims = _static_extents(static, batch=count) or []
             geometry = geometry_of(dims, size=size, layout=layout) if dims else NON_SPATIAL_GEOMETRY
         else:
-            dims = list(values[name].shape)
+            dims = shapes[name]
         entries.append(
             _entry(
                 name=name,
