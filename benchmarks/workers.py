@@ -89,12 +89,31 @@ def batch_seconds(deployment: Deployment, inputs: tuple[str, str], count: int) -
     return time.perf_counter() - started
 
 
-def large_seconds(deployment: Deployment, inputs: tuple[str, str], shard_probes: int) -> float:
+def large_seconds(
+    deployment: Deployment, inputs: tuple[str, str], shard_probes: int, shards: list[Any]
+) -> float:
+    """Submit to succeeded of the large audit; each shard's own seconds go into `shards`."""
     deployment.settings.shard_probes = shard_probes
     started = time.perf_counter()
     audit_id = deployment.submit(*inputs, LARGE_CONFIG)
     _succeeded(deployment, audit_id)
-    return time.perf_counter() - started
+    elapsed = time.perf_counter() - started
+    shards.append([_shard_seconds(shard) for shard in deployment.shards(audit_id)])
+    return elapsed
+
+
+def _shard_seconds(shard: Any) -> dict[str, Any]:
+    """Where one shard's time went: claimed to finished, and the engine's stages inside."""
+    result = shard.result or {}
+    stages = result.get("stage_seconds", {})
+    return {
+        "probes": shard.probe_stop - shard.probe_start,
+        "claimed_to_finished_s": (shard.finished_at - shard.started_at).total_seconds(),
+        "engine_s": result.get("wall_time_s"),
+        "sweep_s": stages.get("sweep"),
+        "layers_s": stages.get("layers"),
+        "load_s": stages.get("load"),
+    }
 
 
 def main() -> None:
@@ -131,16 +150,17 @@ def main() -> None:
             results["submit_to_finished_s"] = _summary(lat["finished"])
             one, two = [], []
             sharded_one, sharded_two, unsharded = [], [], []
+            shards: dict[str, list[Any]] = {"unsharded": [], "2_shards_1": [], "2_shards_2": []}
             for _ in range(args.rounds):
                 if "w2" in deployment.processes:
                     deployment.kill("w2", signal.SIGTERM)
                 one.append(batch_seconds(deployment, small, args.audits))
-                unsharded.append(large_seconds(deployment, large, 10_000))
-                sharded_one.append(large_seconds(deployment, large, 48))
+                unsharded.append(large_seconds(deployment, large, 10_000, shards["unsharded"]))
+                sharded_one.append(large_seconds(deployment, large, 48, shards["2_shards_1"]))
                 deployment.start_worker("w2", "cpu", "--threads=1", **warm)
                 latency(deployment, small, 1)
                 two.append(batch_seconds(deployment, small, args.audits))
-                sharded_two.append(large_seconds(deployment, large, 48))
+                sharded_two.append(large_seconds(deployment, large, 48, shards["2_shards_2"]))
             per_hour = {
                 "1_worker": 3600 * args.audits / statistics.median(one),
                 "2_workers": 3600 * args.audits / statistics.median(two),
@@ -152,6 +172,7 @@ def main() -> None:
                 "2_shards_1_worker": statistics.median(sharded_one),
                 "2_shards_2_workers": statistics.median(sharded_two),
             }
+            results["large_audit_shards"] = shards
             results["sharding_speedup_2_workers"] = statistics.median(
                 unsharded
             ) / statistics.median(sharded_two)
