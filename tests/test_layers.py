@@ -16,9 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shiftaudit.profile.fx_graph import FxGraph
 from shiftaudit.profile.geometry import geometry_of, positions
 from shiftaudit.profile.ideal_shift import IdealShifter, ideal_shift
 from shiftaudit.profile.layer_profile import layer_profile
+from shiftaudit.profile.onnx_graph import OnnxGraph
 from shiftaudit.runtimes import load_runtime
 
 from .nets import (
@@ -327,6 +329,39 @@ def test_an_unknown_padding_op_leaves_aliasing_null_and_names_the_op(tmp_path):
             assert op in entry.reasons["aliasing_error"]
             assert op in entry.reasons["local_aliasing"]
             assert entry.off_grid_error is not None  # the deployed network still runs
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_torus_variant_that_fails_on_a_later_probe_leaves_no_partial_aliasing(
+    tmp_path, monkeypatch, fmt
+):
+    """On a CPU the probes run one at a time: a torus run that fails on the second probe
+    (injected) must not leave the first probe's aliasing as if it were the profile's."""
+    graph_type = OnnxGraph if fmt == "onnx" else FxGraph
+    real = graph_type.run
+    torus_runs = []
+
+    def failing_second_probe(self, x, *, torus, keep):
+        if torus:
+            torus_runs.append(len(x))
+            if len(torus_runs) == 5:  # probe 2's reference run: 1 + 3 off-grid runs per probe
+                raise RuntimeError("injected failure")
+        return real(self, x, torus=torus, keep=keep)
+
+    monkeypatch.setattr(graph_type, "run", failing_second_probe)
+    profile = _profile(ZeroPadded(), tmp_path, fmt)
+    assert torus_runs == [1] * 5  # one probe at a time, no torus run after the failure
+    assert profile.torus is not None
+    assert not profile.torus.available
+    assert "injected failure" in (profile.torus.reason or "")
+    maps = _maps(profile)
+    assert maps
+    for entry in maps:
+        assert entry.aliasing_error is None
+        assert entry.local_aliasing is None
+        assert "injected failure" in entry.reasons["aliasing_error"]
+        assert "injected failure" in entry.reasons["local_aliasing"]
+        assert entry.off_grid_error is not None  # the deployed network's errors stay
 
 
 def test_torchscript_says_what_is_not_available_for_its_format(tmp_path):

@@ -129,7 +129,7 @@ def _profile(
         graph.prepare_torus(analysis)
     torus = TorusVariant(available=False, reason=graph_reason, rewritten=[], refused={})
     probe_passes = 0
-    for chunk in _chunks(inputs, model.device):
+    for number, chunk in enumerate(_chunks(inputs, model.device)):
         before = measured.passes
         deployed = _deployed(model, graph, chunk)
         measured.passes += 1
@@ -139,7 +139,7 @@ def _profile(
             for name, value in values.items()
         }
         _deployed_errors(deployed, chunk, geometries, measured, dims=dims, tasks=tasks)
-        if graph is not None and analysis is not None:
+        if graph is not None and analysis is not None and (number == 0 or torus.available):
             torus = _torus_errors(
                 graph,
                 analysis,
@@ -151,7 +151,10 @@ def _profile(
                 size=size,
                 tasks=tasks,
             )
-        else:
+            if not torus.available:  # for one probe: then for none, the reason says why
+                measured.samples["aliasing"].clear()
+                measured.samples["local"].clear()
+        elif graph is None:
             for name in values:
                 for field_name in ("aliasing_error", "local_aliasing", "receptive_field"):
                     measured.why(name, field_name, graph_reason or TORCHSCRIPT)
