@@ -83,13 +83,9 @@ def errors_against(
     reference, made already (`IdealShifter.__call__`, shared by every comparison that needs it):
     the difference on the grid, in the layer's precision; probes whose reference is all zeros
     are left out."""
-    geometry, value = reference.geometry, reference.value
-    count = value.shape[0]
-    difference = positions(shifted.to(value.dtype), geometry) - positions(ideal, geometry)
-    distance = _norms(difference.reshape(count, -1))
+    distance = reference.grid_distances(shifted.to(reference.value.dtype), ideal)
     norm = reference.norms
-    keep = norm > 0
-    return (distance / norm)[keep]
+    return (distance / norm)[norm > 0]
 
 
 def _norms(rows: torch.Tensor) -> torch.Tensor:

@@ -82,10 +82,7 @@ class IdealShifter:
         m_k = 1 on the columns k_x = 0 and (even w) k_x = w / 2, which rfft2 holds once, and 2
         on the others, which stand for their conjugate twins too."""
         if is_integer_shift(d):
-            count = shifted.shape[0]
-            difference = positions(shifted, self.geometry) - positions(self(d), self.geometry)
-            norms: torch.Tensor = torch.linalg.vector_norm(difference.reshape(count, -1), dim=1)
-            return norms.double()
+            return self.grid_distances(shifted, self(d))
         grid, dims = grid_view(shifted, self.geometry)
         h, w = grid.shape[dims[0]], grid.shape[dims[1]]
         spectrum = self._spectrum_of()
@@ -107,6 +104,15 @@ class IdealShifter:
             total = total - power(residual.select(dims[1], w // 2))
         distance: torch.Tensor = (total.double() / (h * w)).clamp_min(0).sqrt()
         return distance
+
+    def grid_distances(self, shifted: torch.Tensor, ideal: torch.Tensor) -> torch.Tensor:
+        """||shifted - ideal|| per probe over the grid positions (float64), `ideal` being a
+        T_d F made already (a roll, or `__call__`'s inverse transform, shared by several
+        comparisons)."""
+        count = shifted.shape[0]
+        difference = positions(shifted, self.geometry) - positions(ideal, self.geometry)
+        norms: torch.Tensor = torch.linalg.vector_norm(difference.reshape(count, -1), dim=1)
+        return norms.double()
 
     def _spectrum_of(self) -> torch.Tensor:
         """rfft2 of the grid positions, in the tensor's precision (at least float32), once."""
