@@ -272,15 +272,17 @@ class ShiftGenerator:
         self._fourier = plan.subpixel == "fourier" and not plan.is_integer
         self._bilinear = not self._fourier and not plan.is_integer
         self._uses_fill = boundary == "fill"
-        if self.copies and not self._fourier:
-            # Per tap (0: floor, 1: floor + 1) and shift: how each axis is copied.
+        if self.copies:
+            # Per tap (0: floor, 1: floor + 1) and shift: how each axis is copied (a Fourier
+            # plan copies its whole shifts only).
             taps = (0, 1) if self._bilinear else (0,)
             self._row_runs = [_tap_runs(self._rows, tap) for tap in taps]
             self._col_runs = [_tap_runs(self._cols, tap) for tap in taps]
         self._memo: tuple[torch.Tensor, torch.Tensor] | None = None
         self._spectra_of: torch.Tensor | None = None
-        self._spectrum: dict[int, torch.Tensor] = {}
+        self._spectrum: dict[tuple[_FourierKind, int], torch.Tensor] = {}
         if self._fourier:
+            self._fourier_kinds = _fourier_kinds(shifts)
             fy = torch.fft.fftfreq(height, device=device, dtype=torch.float64)
             fx = torch.fft.fftfreq(width, device=device, dtype=torch.float64)
             self._freq = (fy, fx)
@@ -436,21 +438,76 @@ class ShiftGenerator:
     def _fourier_from_spectra(
         self, source: torch.Tensor, probe_index: torch.Tensor, shift_index: torch.Tensor
     ) -> torch.Tensor:
-        """The same band-limited shift from each probe's half spectrum, computed once per probe.
+        """The same band-limited shift, each pair by the cheapest transform that is exact for it.
 
-        A real image's spectrum is Hermitian, so rfft2/irfft2 give the real part of the full
-        transform's result (equal up to float64 rounding, far below float32's) at under half
-        its cost, and a probe's K shifts share one forward transform.
+        For a whole shift the phase ramp exp(-2 pi i (fy dy + fx dx)) is the roll's own
+        spectrum, so the shift is the roll, copied as an integer shift is. Whole on one axis, the
+        ramp factors into that axis's roll and a 1-D ramp on the other, so one 1-D transform of
+        each row (or column) does, with the roll folded into the multiply. A real image's
+        spectrum is Hermitian, so rfft/irfft give the real part of the full transform's result
+        (equal up to float64 rounding, far below float32's) at under half its cost, and a probe's
+        K shifts share one forward transform of each kind.
         """
-        probes = probe_index.tolist()
-        spectra = self._spectra(source, probes)
+        probes, shifts = probe_index.tolist(), shift_index.tolist()
+        out = torch.empty(
+            (len(probes), *self._image_shape()), dtype=torch.float32, device=source.device
+        )
+        groups: dict[_FourierKind, list[int]] = {}
+        for m, shift in enumerate(shifts):
+            groups.setdefault(self._fourier_kinds[shift], []).append(m)
+        self._forget_spectra(source, probes)
+        for kind, members in groups.items():
+            if kind == "whole":
+                images = self._oriented(source)
+                rows, cols = self._row_runs[0], self._col_runs[0]
+                for m in members:
+                    self._copy_image(out[m], images[probes[m]], rows[shifts[m]], cols[shifts[m]])
+                continue
+            shifted = self._fourier_group(
+                kind, source, [probes[m] for m in members], shift_index[members]
+            )
+            for g, m in enumerate(members):
+                # One pass per image: float64 -> float32 and into the output's layout.
+                out[m].copy_(shifted[g] if self.channels_first else shifted[g].permute(1, 2, 0))
+        return out
+
+    def _fourier_group(
+        self, kind: _FourierKind, source: torch.Tensor, probes: list[int], shift_index: torch.Tensor
+    ) -> torch.Tensor:
+        """(G, C, H, W) float64: pairs of one kind, each probe's spectrum times its ramp."""
+        height, width = self.plan.input_size
+        shift = self._shift_t[shift_index]
+        dy, dx = shift[:, 0, None], shift[:, 1, None]
+        spectra = [self._spectrum_of(kind, source, probe) for probe in probes]
+        product = torch.empty(
+            len(probes), *spectra[0].shape, dtype=spectra[0].dtype, device=spectra[0].device
+        )
+        if kind == "fractional":
+            ramp = self._plane_ramp(dy, dx)
+            for g, spectrum in enumerate(spectra):
+                torch.mul(spectrum, ramp[g], out=product[g])
+            return torch.fft.irfft2(product, s=(height, width))
+        # One axis fractional: a 1-D ramp along it, the other axis's whole shift as a roll.
+        along_rows = kind == "fractional_y"
+        fraction, whole = (dy, dx) if along_rows else (dx, dy)
+        length = height if along_rows else width
+        frequency = torch.fft.rfftfreq(length, device=self.device, dtype=torch.float64)
+        ramp = torch.polar(
+            torch.ones_like(frequency * fraction), -2.0 * math.pi * frequency * fraction
+        )
+        transform_dim, roll_dim = (-2, -1) if along_rows else (-1, -2)
+        for g, spectrum in enumerate(spectra):
+            factor = ramp[g][:, None] if along_rows else ramp[g]
+            _rolled_product(spectrum, factor, int(whole[g, 0]), roll_dim, out=product[g])
+        return torch.fft.irfft(product, n=length, dim=transform_dim)
+
+    def _plane_ramp(self, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+        """(G, H, W // 2 + 1): the 2-D ramp on the half spectrum, Hermitian where rfft needs it."""
         height, width = self.plan.input_size
         fy = self._freq[0]
         fx = torch.fft.rfftfreq(width, device=self.device, dtype=torch.float64)
-        shift = self._shift_t[shift_index]
-        dy, dx = shift[:, 0, None], shift[:, 1, None]
-        # The ramp exp(-2 pi i (fy dy + fx dx)) is separable: two short phase vectors per pair
-        # and their outer product, rather than a cosine and a sine per spectrum bin.
+        # The ramp is separable: two short phase vectors per pair and their outer product,
+        # rather than a cosine and a sine per spectrum bin.
         ramp_y = torch.polar(torch.ones_like(fy * dy), -2.0 * math.pi * fy * dy)
         ramp_x = torch.polar(torch.ones_like(fx * dx), -2.0 * math.pi * fx * dx)
         if height % 2 == 0:
@@ -462,31 +519,60 @@ class ShiftGenerator:
         ramp = ramp_y[:, :, None] * ramp_x[:, None, :]
         if height % 2 == 0 and width % 2 == 0:
             ramp[:, height // 2, -1] = torch.cos(math.pi * (dy + dx))[:, 0].to(ramp.dtype)
-        first = spectra[probes[0]]
-        shifted_spectra = torch.empty(
-            len(probes), *first.shape, dtype=first.dtype, device=first.device
-        )
-        for m, probe in enumerate(probes):
-            torch.mul(spectra[probe], ramp[m], out=shifted_spectra[m])
-        shifted: torch.Tensor = torch.fft.irfft2(shifted_spectra, s=(height, width)).float()
-        return shifted if self.channels_first else shifted.permute(0, 2, 3, 1).contiguous()
+        return ramp
 
-    def _spectra(self, source: torch.Tensor, probes: list[int]) -> dict[int, torch.Tensor]:
-        """Half spectra (C, H, W // 2 + 1) of the probes a batch needs, kept while needed.
+    def _spectrum_of(self, kind: _FourierKind, source: torch.Tensor, probe: int) -> torch.Tensor:
+        """One probe's half spectrum (C, H, W) float64 for `kind`'s transform, made once."""
+        key = (kind, probe)
+        if key not in self._spectrum:
+            image = source[probe].permute(2, 0, 1).to(torch.float64)
+            if kind == "fractional":
+                spectrum = torch.fft.rfft2(image)
+            else:
+                spectrum = torch.fft.rfft(image, dim=-2 if kind == "fractional_y" else -1)
+            self._spectrum[key] = spectrum
+        return self._spectrum[key]
+
+    def _forget_spectra(self, source: torch.Tensor, probes: list[int]) -> None:
+        """Drop the spectra no later batch needs.
 
         Batches come probe by probe in increasing order, so a probe below the batch's first
-        is never asked for again and is dropped: a chunk's spectra would not fit in memory.
+        is never asked for again: a chunk's spectra would not fit in memory.
         """
         if self._spectra_of is not source:
             self._spectra_of, self._spectrum = source, {}
         first = min(probes)
-        self._spectrum = {p: v for p, v in self._spectrum.items() if p >= first}
-        missing = sorted(set(probes) - set(self._spectrum))
-        if missing:
-            images = source[missing].permute(0, 3, 1, 2).to(torch.float64)
-            for p, spectrum in zip(missing, torch.fft.rfft2(images), strict=True):
-                self._spectrum[p] = spectrum
-        return self._spectrum
+        self._spectrum = {key: v for key, v in self._spectrum.items() if key[1] >= first}
+
+
+_FourierKind = Literal["whole", "fractional_y", "fractional_x", "fractional"]
+
+
+def _fourier_kinds(shifts: np.ndarray) -> list[_FourierKind]:
+    """Per shift, which axes are fractional (and so need a transform)."""
+    whole = shifts == np.round(shifts)
+    kinds: dict[tuple[bool, bool], _FourierKind] = {
+        (True, True): "whole",
+        (False, True): "fractional_y",
+        (True, False): "fractional_x",
+        (False, False): "fractional",
+    }
+    return [kinds[(bool(y), bool(x))] for y, x in whole]
+
+
+def _rolled_product(
+    values: torch.Tensor, factor: torch.Tensor, shift: int, dim: int, *, out: torch.Tensor
+) -> None:
+    """out = roll(values, shift, dim) * factor, written in place (`factor` constant along dim)."""
+    length = values.shape[dim]
+    shift %= length
+    if shift == 0:
+        torch.mul(values, factor, out=out)
+        return
+    torch.mul(
+        values.narrow(dim, 0, length - shift), factor, out=out.narrow(dim, shift, length - shift)
+    )
+    torch.mul(values.narrow(dim, length - shift, shift), factor, out=out.narrow(dim, 0, shift))
 
 
 def _tap_runs(table: _AxisTable, tap: int) -> list[_Runs | torch.Tensor]:

@@ -230,34 +230,58 @@ def test_the_cpu_default_is_block_copies():
     assert gen.copies
 
 
-@pytest.mark.parametrize("channels_first", [False, True])
-def test_fourier_from_half_spectra_matches_the_full_transform(channels_first):
-    """The CPU's per-probe rfft2 path against the full complex transform the GPU runs: equal
-    up to float64 rounding, whatever order the pairs come in."""
-    plan = plan_shifts(
-        SweepConfig(
-            mode="circular", subpixel="fourier", shifts=[(0.5, 0.25), (-1.75, 3.5), (2, -3)]
-        ),
-        SIZE,
+# Whole, fractional on both axes, and whole on one axis only (each way round).
+_FOURIER_SHIFTS = [(0.5, 0.25), (-1.75, 3.5), (2, -3), (1, 0.5), (-0.25, -2), (0, 0.5), (3.5, 0)]
+
+
+def _numpy_fourier_shift(image, dy, dx):
+    """Real part of the full complex transform times exp(-2 pi i (fy dy + fx dx)), per channel."""
+    fy = np.fft.fftfreq(image.shape[0])[:, None]
+    fx = np.fft.fftfreq(image.shape[1])[None, :]
+    ramp = np.exp(-2j * np.pi * (fy * dy + fx * dx))
+    return np.stack(
+        [np.fft.ifft2(np.fft.fft2(image[..., c]) * ramp).real for c in range(image.shape[-1])], -1
     )
-    source = _source(batch=4, seed=5)
+
+
+@pytest.mark.parametrize("size", [SIZE, (9, 11)], ids=["even", "odd"])
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_fourier_shifts_match_the_full_transform_whatever_the_pair_order(channels_first, size):
+    """The CPU path (rolls for whole shifts, 1-D transforms where one axis is whole, half
+    spectra) and the GPU's full complex transform against numpy's full transform: equal up to
+    float64 rounding, whatever order the pairs come in; whole shifts are exactly the roll."""
+    plan = plan_shifts(
+        SweepConfig(mode="circular", subpixel="fourier", shifts=_FOURIER_SHIFTS), size
+    )
+    source = _source(batch=4, size=size, seed=5)
     probe, shift = _all_pairs(plan, 4)
+    expected = torch.stack(
+        [
+            torch.from_numpy(
+                _numpy_fourier_shift(source[p].double().numpy(), *plan.shifts[k])
+            ).float()
+            for p, k in zip(probe.tolist(), shift.tolist(), strict=True)
+        ]
+    )
     order = torch.randperm(len(probe), generator=torch.Generator().manual_seed(2))
-    for probes, shifts in ((probe, shift), (probe[order], shift[order])):
-        half, full = (
-            ShiftGenerator(
+    whole = [k for k, (dy, dx) in enumerate(plan.shifts) if dy == round(dy) and dx == round(dx)]
+    assert len(whole) == 2  # (0, 0) and (2, -3)
+    for pairs in (slice(None), order):
+        probes, shifts = probe[pairs], shift[pairs]
+        for copies in (True, False):
+            out = ShiftGenerator(
                 plan,
                 fill=_fill((0, 0, 0)),
                 channels_first=channels_first,
                 device=torch.device("cpu"),
                 copies=copies,
             )(source, probes, shifts)
-            for copies in (True, False)
-        )
-        assert half.is_contiguous()
-        assert torch.allclose(half, full, atol=1e-6, rtol=0)
-        assert not torch.allclose(
-            half,
-            source[probes].permute(0, 3, 1, 2) if channels_first else source[probes],
-            atol=1e-3,
-        )
+            assert out.is_contiguous()
+            channels_last = out.permute(0, 2, 3, 1) if channels_first else out
+            assert torch.allclose(channels_last, expected[pairs], atol=1e-6, rtol=0)
+            if copies:
+                for m, (p, k) in enumerate(zip(probes.tolist(), shifts.tolist(), strict=True)):
+                    if k in whole:
+                        roll = torch.roll(source[p], tuple(int(v) for v in plan.shifts[k]), (0, 1))
+                        assert torch.equal(channels_last[m], roll)
+        assert not torch.allclose(expected[pairs], source[probes], atol=1e-3)
