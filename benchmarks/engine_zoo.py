@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from zoo import CNNS, FORMATS, SIZE, ZOO, export_formats
 
+from shiftaudit.allocator import keep_freed_memory
 from shiftaudit.config import AuditConfig
 from shiftaudit.engine import run_audit
 from shiftaudit.runtimes import Runtime, load_runtime
@@ -394,6 +395,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     args.families = args.families.split(",")
+    keep_freed_memory()  # the audits below run in this process, as in a sandbox's
     # 11 probes x 25 shifts: past the 256 forward passes below which the engine measures nothing.
     args.probes = args.probes or (11 if args.quick else 16)
     args.rounds = args.rounds or (1 if args.quick else 3)

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_zoo import write_photos
 from zoo import FORMATS, SIZE, ZOO, export_formats
 
+from shiftaudit.allocator import keep_freed_memory
 from shiftaudit.config import AuditConfig
 from shiftaudit.engine import run_audit
 
@@ -81,6 +82,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    keep_freed_memory()  # the audits below run in this process, as in a sandbox's
     work = Path(tempfile.mkdtemp(prefix="shiftaudit-profile-cost-"))
     probes = write_photos(work / "probes", args.probes)
     rows = []

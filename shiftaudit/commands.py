@@ -25,8 +25,10 @@ def configure_audit(parser: argparse.ArgumentParser) -> None:
 
 
 def _audit(args: argparse.Namespace) -> int:
+    from shiftaudit.allocator import keep_freed_memory
     from shiftaudit.engine import run_audit  # torch, only once an audit is asked for
 
+    keep_freed_memory()  # this process sweeps, as a sandbox's does
     config = config_from_args(args)
     bar = None if args.quiet else ProgressBar(sys.stderr)
     cache = Path(os.environ.get("SHIFTAUDIT_CACHE_DIR", Path.home() / ".cache" / "shiftaudit"))

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from .allocator import keep_freed_memory
 from .errors import plain_message
 from .report import ShardResult
 
@@ -674,6 +675,7 @@ def _child(parent: int, data_limit: int | None) -> int:
     """A cold sandbox process: its one job's path arrives on stdin."""
     _die_with_parent(parent)
     _limit_data(data_limit)  # before torch is imported
+    keep_freed_memory()
     _import_engine()
     line = sys.stdin.readline().strip()
     if not line:  # stdin closed without a job: the worker is shutting down, or gone
@@ -686,6 +688,7 @@ def _zygote(parent: int, data_limit: int | None) -> int:
     on the control socket (fd 0), with the child's stdout and stderr passed along."""
     _die_with_parent(parent)
     _limit_data(data_limit)
+    keep_freed_memory()  # the forked children inherit it
     _import_engine()
     control = socket.socket(fileno=0)
     # SIGCHLD wakes the loop through a pipe: the loop reaps each ended child and reports its

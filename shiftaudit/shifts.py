@@ -486,7 +486,8 @@ class ShiftGenerator:
             ramp = self._plane_ramp(dy, dx)
             for g, spectrum in enumerate(spectra):
                 torch.mul(spectrum, ramp[g], out=product[g])
-            return torch.fft.irfft2(product, s=(height, width))
+            plane: torch.Tensor = torch.fft.irfft2(product, s=(height, width))
+            return plane
         # One axis fractional: a 1-D ramp along it, the other axis's whole shift as a roll.
         along_rows = kind == "fractional_y"
         fraction, whole = (dy, dx) if along_rows else (dx, dy)
@@ -499,7 +500,8 @@ class ShiftGenerator:
         for g, spectrum in enumerate(spectra):
             factor = ramp[g][:, None] if along_rows else ramp[g]
             _rolled_product(spectrum, factor, int(whole[g, 0]), roll_dim, out=product[g])
-        return torch.fft.irfft(product, n=length, dim=transform_dim)
+        lines: torch.Tensor = torch.fft.irfft(product, n=length, dim=transform_dim)
+        return lines
 
     def _plane_ramp(self, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
         """(G, H, W // 2 + 1): the 2-D ramp on the half spectrum, Hermitian where rfft needs it."""
