@@ -21,6 +21,7 @@ from shiftaudit.profile.geometry import geometry_of, positions
 from shiftaudit.profile.ideal_shift import IdealShifter, ideal_shift
 from shiftaudit.profile.layer_profile import layer_profile
 from shiftaudit.profile.onnx_graph import OnnxGraph
+from shiftaudit.profile.receptive_fields import receptive_fields
 from shiftaudit.runtimes import load_runtime
 
 from .nets import (
@@ -362,6 +363,49 @@ def test_a_torus_variant_that_fails_on_a_later_probe_leaves_no_partial_aliasing(
         assert "injected failure" in entry.reasons["aliasing_error"]
         assert "injected failure" in entry.reasons["local_aliasing"]
         assert entry.off_grid_error is not None  # the deployed network's errors stay
+
+
+class CircularZeroPadded(ZeroPadded):
+    """ZeroPadded's torus variant written by hand: every padding wraps around."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        def wrap(t: torch.Tensor) -> torch.Tensor:
+            return F.pad(t, (1, 1, 1, 1), mode="circular")
+
+        x = torch.relu(F.conv2d(wrap(x), self.first.weight, self.first.bias))
+        x = F.avg_pool2d(wrap(F.max_pool2d(wrap(x), 3, stride=1)), 3, stride=1)
+        x = torch.relu(self.valid(wrap(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def test_the_torch_export_graph_runs_as_code_that_returns_what_it_keeps(tmp_path):
+    """FxGraph.run compiles the graph to code that returns the nodes it keeps: deployed, their
+    values are those of torch.fx's interpreter (the runtime's forward_with_layers); on the
+    torus variant, those of the same net with every padding circular, written by hand."""
+    module = ZeroPadded(seed=3).eval()
+    model = load_runtime(export_program(module, tmp_path / "m.pt2"))
+    graph = FxGraph(model.graph_module)
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    _, recorded = model.forward_with_layers(x)
+    names = graph.layer_names()
+    assert [layer.name for layer in recorded] == names
+    deployed = graph.run(x, torus=False, keep=set(names))
+    assert set(deployed) == set(names)
+    for layer in recorded:
+        assert torch.equal(deployed[layer.name].float(), layer.value), layer.name
+    middle = names[len(names) // 2]
+    assert set(graph.run(x, torus=False, keep={middle})) == {middle}
+
+    last = [n.name for n in model.graph_module.graph.nodes if n.op == "call_function"][-1]
+    graph.prepare_torus(receptive_fields(graph.static, size=(16, 16), layout="NCHW"))
+    torus = graph.run(x, torus=True, keep={last, graph.input_name})
+    assert torus[graph.input_name] is x or torch.equal(torus[graph.input_name], x)
+    with torch.no_grad():
+        circular = CircularZeroPadded(seed=3).eval()
+        circular.load_state_dict(module.state_dict())
+        expected = circular(x)
+        assert not torch.allclose(module(x), expected, atol=1e-3)  # the padding matters here
+    torch.testing.assert_close(torus[last], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_torchscript_says_what_is_not_available_for_its_format(tmp_path):

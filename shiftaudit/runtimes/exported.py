@@ -100,5 +100,5 @@ class ExportedRuntime(Runtime):
 
     @property
     def graph_module(self) -> torch.fx.GraphModule:
-        """The module this runtime runs: its graph is read, and interpreted node by node."""
+        """The module this runtime runs: the layer profile reads its graph and compiles its runs."""
         return self._gm
