@@ -524,7 +524,8 @@ class ShiftGenerator:
         return ramp
 
     def _spectrum_of(self, kind: _FourierKind, source: torch.Tensor, probe: int) -> torch.Tensor:
-        """One probe's half spectrum (C, H, W) float64 for `kind`'s transform, made once."""
+        """One probe's half spectrum in float64 for `kind`'s transform, made once: (C, H, W // 2
+        + 1) for the 2-D and row-wise transforms, (C, H // 2 + 1, W) for the column-wise one."""
         key = (kind, probe)
         if key not in self._spectrum:
             image = source[probe].permute(2, 0, 1).to(torch.float64)
