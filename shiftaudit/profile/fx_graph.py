@@ -39,7 +39,7 @@ from .graph import (
     static_value,
 )
 from .receptive_fields import Field, FieldAnalysis
-from .torus import FX_PADDING_OPS, TorusRefusal, _bound, _pair, fx_pads, fx_torus_call
+from .torus import TorusRefusal, _bound, _pair, fx_padding_op, fx_pads, fx_torus_call
 
 _POINTWISE = frozenset(
     [
@@ -470,7 +470,7 @@ class FxGraph:
                     if node.op == "output":
                         continue
                     copy = graph.node_copy(node, lambda n: copies[n])
-                    if torus and _may_pad(node):
+                    if torus and node.op == "call_function" and fx_padding_op(node.target):
                         copy.target = _torus_call(node.target)
                     copies[node] = copy
                 graph.output(tuple(copies[self._nodes[name]] for name in names))
@@ -517,16 +517,6 @@ def _substituted(node: torch.fx.Node, values: Sequence[Any]) -> tuple[Any, Any]:
     """The node's (args, kwargs) with its input nodes replaced by `values`, in order."""
     supply: Iterator[Any] = iter(values)
     return torch.fx.node.map_arg((node.args, node.kwargs), lambda _: next(supply))
-
-
-def _may_pad(node: torch.fx.Node) -> bool:
-    """Whether the torus variant may call `node` otherwise (`fx_torus_call` decides per call)."""
-    target = node.target
-    return (
-        node.op == "call_function"
-        and isinstance(target, torch._ops.OpOverload)
-        and target.overloadpacket.__name__ in FX_PADDING_OPS
-    )
 
 
 def _torus_call(target: Any) -> Callable[..., Any]:

@@ -207,12 +207,18 @@ FX_PADDING_OPS = frozenset(
 )
 
 
+def fx_padding_op(target: Any) -> bool:
+    """Whether `target` is an aten op that may pad, so that the torus variant may call it
+    otherwise (whether it pads is the call's arguments' to say)."""
+    return (
+        isinstance(target, torch._ops.OpOverload)
+        and target.overloadpacket.__name__ in FX_PADDING_OPS
+    )
+
+
 def fx_pads(target: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
     """Whether this call pads (so that the torus variant changes it); raises TorusRefusal."""
-    if (
-        not isinstance(target, torch._ops.OpOverload)
-        or target.overloadpacket.__name__ not in FX_PADDING_OPS
-    ):
+    if not fx_padding_op(target):
         return False
     packet, bound = target.overloadpacket.__name__, _bound(target, args, kwargs)
     if packet == "_pad_circular" or (packet == "pad" and bound["mode"] == "circular"):
@@ -223,11 +229,9 @@ def fx_pads(target: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool
 
 def fx_torus_call(target: Any, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
     """Call `target` as the torus variant does: padding ops wrap, then run unpadded."""
-    if not isinstance(target, torch._ops.OpOverload):
+    if not fx_padding_op(target):
         return target(*args, **kwargs)
     packet = target.overloadpacket.__name__
-    if packet not in FX_PADDING_OPS:
-        return target(*args, **kwargs)
     bound = _bound(target, args, kwargs)
     padding = _fx_padding(packet, bound)
     if padding is None or not any(padding):
