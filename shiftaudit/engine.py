@@ -36,7 +36,7 @@ from .report import LayerProfile, Provenance, Report, ShardResult
 from .runtime_choice import CHECK_ROWS, choose_runtime
 from .runtimes import Runtime, load_runtime
 from .shifts import ShiftGenerator, ShiftPlan, plan_shifts
-from .threads import decode_workers, forward_threads
+from .threads import decode_workers, forward_threads, resolve_vml_kernels
 from .tuning import Tuning, device_name
 
 ProgressCallback = Callable[[float, str], None]
@@ -106,6 +106,7 @@ def _sweep_shard(
     tuning_cache: Path | None,
 ) -> ShardResult:
     started, started_at = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
+    resolve_vml_kernels()
     report_progress = progress or (lambda fraction, stage: None)
     device = resolve_device(config.runtime.device)
     if config.runtime.threads:

@@ -10,6 +10,7 @@ thread on a CPU-device audit.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,3 +60,44 @@ def decode_workers(device: torch.device) -> int:
     if device.type != "cuda":
         return 1
     return min(8, os.cpu_count() or 2)
+
+
+# ATen hands these ops on float32 and float64 tensors to MKL's vector math (VML) where torch
+# is built with MKL (aten/src/ATen/cpu/vml.h).
+_VML_OPS = [
+    "acos",
+    "asin",
+    "atan",
+    "cos",
+    "erf",
+    "erfc",
+    "exp",
+    "expm1",
+    "log",
+    "log10",
+    "log1p",
+    "log2",
+    "sin",
+    "sqrt",
+    "tan",
+    "tanh",
+    "trunc",
+]
+
+
+@functools.cache
+def resolve_vml_kernels() -> None:
+    """Call each of MKL's vector-math functions once, on this thread, before any parallel op.
+
+    oneMKL 2024.2 (torch 2.13's) picks a function's kernel on its first call, and ATen makes
+    that call from every intra-op thread at once: one thread can then run the low-accuracy
+    kernel on its part of that one call (pytorch/pytorch#188792). Here the first float64 exp
+    of a sweep in a fresh sandbox did, in about one audit in three on a loaded 2-core machine:
+    40 probabilities 1.8e-9 off, so a rerun's report differed. After this call every kernel
+    is chosen, and a forked child inherits the choice.
+    """
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.float64):
+            one = torch.full((1,), 0.5, dtype=dtype)
+            for op in _VML_OPS:
+                getattr(torch, op)(one)

@@ -44,6 +44,7 @@ import torch
 
 from ..report import LayerEntry, LayerProfile, ReceptiveField, TorusVariant
 from ..runtimes import Runtime
+from ..threads import resolve_vml_kernels
 from .access import TORCHSCRIPT, Graph, open_graph
 from .equivariance import (
     OFF_GRID,
@@ -107,6 +108,7 @@ def layer_profile(
     model: Runtime, inputs: torch.Tensor, *, layout: str, size: tuple[int, int]
 ) -> LayerProfile:
     """Profile every intermediate output of `model` on `inputs` (preprocessed, model layout)."""
+    resolve_vml_kernels()  # before its threads compare layers side by side
     count = int(inputs.shape[0])
     if model.layers_unavailable_reason is not None:
         return LayerProfile(
