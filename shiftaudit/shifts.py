@@ -155,7 +155,7 @@ class _AxisTable:
 
     index0: torch.Tensor  # (K, n) int64, already mapped into the source range
     index1: torch.Tensor
-    weight1: torch.Tensor  # (K, n) float32; weight of tap 0 is 1 - weight1
+    weight1: torch.Tensor  # (K, n) float32, one value per shift; weight of tap 0 is 1 - weight1
     valid0: torch.Tensor  # (K, n) bool; False: the tap reads the fill colour
     valid1: torch.Tensor
 
@@ -163,9 +163,12 @@ class _AxisTable:
 def _axis_table(
     offsets: np.ndarray, out_len: int, src_len: int, boundary: Boundary, device: torch.device
 ) -> _AxisTable:
-    position = np.arange(out_len)[None, :] + offsets[:, None]  # (K, n) fractional source index
-    base = np.floor(position)
-    weight1 = position - base
+    # Output position i reads source position i + o: tap 0 at i + floor(o), tap 1 one further,
+    # tap 1 weighted o - floor(o). Both from o alone, so the weight is exactly the same at
+    # every position of a shift (i + o rounded in float64 would move its last bits).
+    whole = np.floor(offsets)
+    base = np.arange(out_len)[None, :] + whole[:, None]  # (K, n)
+    weight1 = np.repeat((offsets - whole)[:, None], out_len, axis=1)
     taps = []
     for raw in (base.astype(np.int64), base.astype(np.int64) + 1):
         valid = (raw >= 0) & (raw < src_len)
@@ -328,13 +331,17 @@ class ShiftGenerator:
             for c_tap, c_weight in self._tap_weights(self._cols, shift_index):
                 rows, cols = self._row_runs[r_tap], self._col_runs[c_tap]
                 target = out if first else tap
-                for m, (probe, shift) in enumerate(zip(probes, shifts, strict=True)):
-                    self._copy_image(target[m], images[probe], rows[shift], cols[shift])
+                # A shift's weight is one number (`_axis_table`): the gather's product of the
+                # two axes' float32 weights, applied while copying.
+                scales: list[float | None] = [None] * len(probes)
                 if r_weight is not None and c_weight is not None:
-                    # In place, but the same multiply and add as the gather's, in its order.
-                    target.mul_(self._spatial(r_weight[:, :, None] * c_weight[:, None, :]))
+                    scales = (r_weight[:, 0] * c_weight[:, 0]).tolist()
+                for m, (probe, shift) in enumerate(zip(probes, shifts, strict=True)):
+                    self._copy_image(
+                        target[m], images[probe], rows[shift], cols[shift], scale=scales[m]
+                    )
                 if not first:
-                    out.add_(tap)
+                    out.add_(tap)  # the gather's sum, in its order
                 first = False
         return out
 
@@ -360,26 +367,38 @@ class ShiftGenerator:
         image: torch.Tensor,
         rows: _Runs | torch.Tensor,
         cols: _Runs | torch.Tensor,
+        *,
+        scale: float | None = None,
     ) -> None:
-        """Write one shifted image: a copy or a fill per (row run, column run)."""
+        """Write one shifted image, times `scale` if given: a copy or a fill per (row run,
+        column run)."""
         row_dim, col_dim = (1, 2) if self.channels_first else (0, 1)
+
+        def put(block: torch.Tensor, values: torch.Tensor) -> None:
+            if scale is None:
+                block.copy_(values)
+            else:
+                torch.mul(values, scale, out=block)
+
         if isinstance(rows, torch.Tensor) or isinstance(cols, torch.Tensor):
             # A folding boundary: every tap is inside, so the two selects are the whole image.
             picked = image.index_select(row_dim, _as_index(rows, out.shape[row_dim]))
             torch.index_select(picked, col_dim, _as_index(cols, out.shape[col_dim]), out=out)
+            if scale is not None:
+                out.mul_(scale)
             return
         for r_start, r_length, r_source in rows.runs:
             band = out.narrow(row_dim, r_start, r_length)
             if r_source is None:
-                band.copy_(self._fill_pixel.expand_as(band))
+                put(band, self._fill_pixel.expand_as(band))
                 continue
             source_band = image.narrow(row_dim, r_source, r_length)
             for c_start, c_length, c_source in cols.runs:
                 block = band.narrow(col_dim, c_start, c_length)
                 if c_source is None:
-                    block.copy_(self._fill_pixel.expand_as(block))
+                    put(block, self._fill_pixel.expand_as(block))
                 else:
-                    block.copy_(source_band.narrow(col_dim, c_source, c_length))
+                    put(block, source_band.narrow(col_dim, c_source, c_length))
 
     def _tap_weights(
         self, table: _AxisTable, shift_index: torch.Tensor

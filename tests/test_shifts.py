@@ -138,6 +138,23 @@ def test_bilinear_half_pixel_is_the_mean_of_neighbours():
     assert torch.equal(out[:, 0], source)
 
 
+def test_a_bilinear_shift_weighs_every_position_alike():
+    """Tap 1 of output i reads source i + floor(o), weighted o - floor(o), at every i: the
+    weight is the shift's, not i + o rounded (which moves its last bits with i: for the first
+    shift here, from row 11 on in float32)."""
+    shifts = [(2.9939839832950392, 0.1), (0.1, -0.3), (-1.25, 2.7), (1 / 3, 0.0)]
+    plan = plan_shifts(SweepConfig(mode="circular", shifts=shifts), SIZE)
+    generator = ShiftGenerator(
+        plan, fill=_fill((0, 0, 0)), channels_first=False, device=torch.device("cpu")
+    )
+    for axis, table in ((0, generator._rows), (1, generator._cols)):
+        offsets = -plan.shifts[:, axis]
+        expected = torch.tensor(offsets - np.floor(offsets), dtype=torch.float32)
+        assert torch.equal(table.weight1, expected[:, None].expand_as(table.weight1))
+        base = np.arange(SIZE[axis])[None, :] + np.floor(offsets)[:, None]
+        assert torch.equal(table.index0, torch.as_tensor(np.mod(base, SIZE[axis]).astype(np.int64)))
+
+
 def test_fourier_integer_shift_is_a_roll_and_preserves_energy():
     plan = plan_shifts(
         SweepConfig(mode="circular", subpixel="fourier", shifts=[(2, -3), (0.5, 0.25)]), SIZE
