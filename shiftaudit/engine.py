@@ -428,7 +428,12 @@ def _sweep(
     per_probe = len(_shift_columns(plan, config, 0))
     batch = tuning.batch_size
     pairs_per_chunk = max(_PAIRS_PER_CHUNK, _BATCHES_PER_CHUNK * batch)
-    limit = max(1, min(_MAX_PROBES_PER_CHUNK[device.type], pairs_per_chunk // per_probe))
+    # Never more probes than the set holds (the same for every shard of an audit): a chunk is
+    # reduced at its full size, and a 16-probe sweep reduced 163 probes' worth of rows a chunk.
+    limit = max(
+        1,
+        min(_MAX_PROBES_PER_CHUNK[device.type], pairs_per_chunk // per_probe, len(probes)),
+    )
     chunk_size = _fitting_chunk(limit, per_probe=per_probe, batch=batch)
     # Every batch runs at full size (the tail padded, its outputs dropped). Kernels are chosen
     # by shape, so a probe's outputs then never depend on which probes share its batch, and
