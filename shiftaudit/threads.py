@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -85,6 +86,9 @@ _VML_OPS = [
 ]
 
 
+_VML_LOCK = threading.Lock()
+
+
 @functools.cache
 def resolve_vml_kernels() -> None:
     """Call each of MKL's vector-math functions once, on this thread, before any parallel op.
@@ -94,9 +98,10 @@ def resolve_vml_kernels() -> None:
     kernel on its part of that one call (pytorch/pytorch#188792). Here the first float64 exp
     of a sweep in a fresh sandbox did, in about one audit in three on a loaded 2-core machine:
     40 probabilities 1.8e-9 off, so a rerun's report differed. After this call every kernel
-    is chosen, and a forked child inherits the choice.
+    is chosen, and a forked child inherits the choice. The lock: two threads making these
+    first calls at once would race in the same way.
     """
-    with torch.inference_mode():
+    with _VML_LOCK, torch.inference_mode():
         for dtype in (torch.float32, torch.float64):
             one = torch.full((1,), 0.5, dtype=dtype)
             for op in _VML_OPS:
