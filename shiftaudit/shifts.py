@@ -331,11 +331,10 @@ class ShiftGenerator:
             for c_tap, c_weight in self._tap_weights(self._cols, shift_index):
                 rows, cols = self._row_runs[r_tap], self._col_runs[c_tap]
                 target = out if first else tap
-                # A shift's weight is one number (`_axis_table`): the gather's product of the
-                # two axes' float32 weights, applied while copying.
+                # The gather's product of the two axes' float32 weights, applied while copying.
                 scales: list[float | None] = [None] * len(probes)
                 if r_weight is not None and c_weight is not None:
-                    scales = (r_weight[:, 0] * c_weight[:, 0]).tolist()
+                    scales = (r_weight * c_weight).tolist()
                 for m, (probe, shift) in enumerate(zip(probes, shifts, strict=True)):
                     self._copy_image(
                         target[m], images[probe], rows[shift], cols[shift], scale=scales[m]
@@ -403,10 +402,11 @@ class ShiftGenerator:
     def _tap_weights(
         self, table: _AxisTable, shift_index: torch.Tensor
     ) -> list[tuple[int, torch.Tensor | None]]:
-        """(tap, weight) per tap: the floor tap alone for integer shifts, as in `_taps`."""
+        """(tap, (M,) weight of each pair's shift) per tap: the floor tap alone for integer
+        shifts, as in `_taps`; a shift weighs every position alike (`_axis_table`)."""
         if not self._bilinear:
             return [(0, None)]
-        w1 = table.weight1[shift_index]
+        w1 = table.weight1[shift_index, 0]
         return [(0, 1.0 - w1), (1, w1)]
 
     def _gather(
