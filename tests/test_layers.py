@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shiftaudit.profile.access import open_graph
 from shiftaudit.profile.fx_graph import FxGraph
 from shiftaudit.profile.geometry import geometry_of, positions
 from shiftaudit.profile.ideal_shift import IdealShifter, ideal_shift
@@ -448,51 +449,37 @@ def _naive_errors(outputs_at, shifts, strides, count):
     return errors
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_the_engine_agrees_with_a_naive_module_by_module_profile(tmp_path, fmt):
-    net = AliasingNet(seed=3).eval()
-    conv1, _, _, conv2, _ = net.features  # conv, ReLU, max pool 2, conv, ReLU
-    count = 3
-    x = torch.randn(count, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+def _circular(conv: nn.Conv2d):
+    """The torus form of a zero-padded conv: the same weights, on a circularly wrapped input."""
+    pad = conv.padding[0]
+    return lambda h: F.conv2d(
+        F.pad(h, (pad,) * 4, mode="circular"), conv.weight, conv.bias, conv.stride
+    )
 
-    def deployed(t):
-        h = torch.roll(x, t, dims=(2, 3))
-        outputs = []
-        for module in net.features:
-            h = module(h)
-            outputs.append(h.detach())
-        return outputs
 
-    def circular(conv):  # the torus form of a zero-padded conv: same weights, wrapped input
-        pad = conv.padding[0]
-        return lambda h: F.conv2d(
-            F.pad(h, (pad,) * 4, mode="circular"), conv.weight, conv.bias, conv.stride
-        )
+def _naive_profile(deployed_layers, torus_layers, x, strides, input_strides):
+    """on_grid, off_grid, aliasing and local errors per layer, straight from science.md: the
+    layers run one after the other (deployed and torus forms), numpy's FFT for every ideal
+    shift, each torus layer alone on its input shifted ideally at the input's own stride."""
+    count = x.shape[0]
 
-    torus_layers = [
-        circular(conv1),
-        torch.relu,
-        lambda h: F.max_pool2d(h, 2),
-        circular(conv2),
-        torch.relu,
-    ]
+    def chain(layers):
+        def outputs_at(t):
+            h = torch.roll(x, t, dims=(2, 3))
+            outputs = []
+            for layer in layers:
+                h = layer(h)
+                outputs.append(h.detach())
+            return outputs
 
-    def torus(t):
-        h = torch.roll(x, t, dims=(2, 3))
-        outputs = []
-        for layer in torus_layers:
-            h = layer(h)
-            outputs.append(h.detach())
-        return outputs
+        return outputs_at
 
-    strides = [2, 2, 4, 4, 4]
+    deployed, torus = chain(deployed_layers), chain(torus_layers)
     with torch.no_grad():
         on_grid = _naive_errors(deployed, lambda j: [(j, 0), (0, j), (j, j)], strides, count)
         off_grid = _naive_errors(deployed, lambda j: [(1, 0), (0, 1), (1, 1)], strides, count)
         aliasing = _naive_errors(torus, lambda j: [(1, 0), (0, 1), (1, 1)], strides, count)
-        # Local: each torus layer alone, its input shifted ideally at the input's own stride.
         inputs = [x, *torus((0, 0))[:-1]]
-        input_strides = [1, 2, 2, 4, 4]
         local = []
         for layer, h, j_in, j_out in zip(torus_layers, inputs, input_strides, strides, strict=True):
             base = layer(h).double().numpy()
@@ -508,21 +495,131 @@ def test_the_engine_agrees_with_a_naive_module_by_module_profile(tmp_path, fmt):
                     for i in range(count)
                 ]
             local.append(float(np.mean(values)))
+    return {"on_grid": on_grid, "off_grid": off_grid, "aliasing": aliasing, "local": local}
+
+
+def _assert_agrees(maps, naive, strides):
+    assert [e.stride for e in maps] == strides
+    for k, entry in enumerate(maps):
+        assert entry.on_grid_error == pytest.approx(naive["on_grid"][k], abs=1e-5), entry.name
+        assert entry.relative_error == entry.on_grid_error
+        assert entry.off_grid_error == pytest.approx(naive["off_grid"][k], abs=1e-5), entry.name
+        assert entry.aliasing_error == pytest.approx(naive["aliasing"][k], abs=1e-5), entry.name
+        assert entry.local_aliasing == pytest.approx(naive["local"][k], abs=1e-5), entry.name
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_engine_agrees_with_a_naive_module_by_module_profile(tmp_path, fmt):
+    net = AliasingNet(seed=3).eval()
+    conv1, _, _, conv2, _ = net.features  # conv, ReLU, max pool 2, conv, ReLU
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    torus_layers = [
+        _circular(conv1),
+        torch.relu,
+        lambda h: F.max_pool2d(h, 2),
+        _circular(conv2),
+        torch.relu,
+    ]
+    strides = [2, 2, 4, 4, 4]
+    naive = _naive_profile(list(net.features), torus_layers, x, strides, [1, 2, 2, 4, 4])
     path = (
         export_onnx(net, tmp_path / "m.onnx")
         if fmt == "onnx"
         else export_program(net, tmp_path / "m.pt2")
     )
     maps = _maps(layer_profile(load_runtime(path), x, layout="NCHW", size=(16, 16)))
-    assert [e.stride for e in maps] == strides
-    for k, entry in enumerate(maps):
-        assert entry.on_grid_error == pytest.approx(on_grid[k], abs=1e-5), entry.name
-        assert entry.relative_error == entry.on_grid_error
-        assert entry.off_grid_error == pytest.approx(off_grid[k], abs=1e-5), entry.name
-        assert entry.aliasing_error == pytest.approx(aliasing[k], abs=1e-5), entry.name
-        assert entry.local_aliasing == pytest.approx(local[k], abs=1e-5), entry.name
+    _assert_agrees(maps, naive, strides)
     # Zero padding: the deployed and the torus variant differ, so both were really measured.
-    assert any(abs(a - b) > 1e-3 for a, b in zip(off_grid, aliasing, strict=True))
+    assert any(abs(a - b) > 1e-3 for a, b in zip(naive["off_grid"], naive["aliasing"], strict=True))
+
+
+class NormalisedStrided(nn.Module):
+    """A zero-padded stride-2 conv, a batch norm after its ReLU (which no exporter folds into
+    the conv), a conv with its own batch norm: every norm with statistics far from 0 and 1."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.BatchNorm2d(8),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+        )
+        self.head = nn.Linear(8, 4)
+        with torch.no_grad():
+            for norm in (self.features[2], self.features[4]):
+                norm.running_mean.uniform_(-2, 2)
+                norm.running_var.uniform_(0.2, 3)
+                norm.weight.uniform_(-2, 2)
+                norm.bias.uniform_(-1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_batch_norms_measured_through_their_inputs_agree_with_the_naive_profile(tmp_path, fmt):
+    # The profile takes a batch norm's fractional errors from its input's per-channel residuals
+    # (channel_affine.py); here every one of them is checked against the direct computation.
+    net = NormalisedStrided(seed=4).eval()
+    conv1, relu, norm1, conv2, norm2, _ = net.features
+    x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    if fmt == "torch_export":  # every batch norm a node of its own
+        path = export_program(net, tmp_path / "m.pt2")
+        deployed = list(net.features)
+        torus = [_circular(conv1), relu, norm1, _circular(conv2), norm2, relu]
+        norms = ["aten.batch_norm.default"] * 2
+    else:  # the exporter folds the second into its conv
+        path = export_onnx(net, tmp_path / "m.onnx")
+        deployed = [conv1, relu, norm1, lambda h: norm2(conv2(h)), relu]
+        torus = [_circular(conv1), relu, norm1, lambda h: norm2(_circular(conv2)(h)), relu]
+        norms = ["BatchNormalization"]
+    strides = [2] * len(deployed)
+    naive = _naive_profile(deployed, torus, x, strides, [1] + [2] * (len(deployed) - 1))
+    maps = _maps(layer_profile(load_runtime(path), x, layout="NCHW", size=(16, 16)))
+    assert [e.op_type for e in maps if "atch" in e.op_type] == norms
+    _assert_agrees(maps, naive, strides)
+    # A batch norm adds no aliasing of its own (it commutes with every ideal shift), and its
+    # errors are not its input's: the scales weigh the channels differently.
+    for k, entry in enumerate(maps):
+        if "atch" in entry.op_type:
+            assert entry.local_aliasing == pytest.approx(0, abs=1e-6)
+            assert entry.off_grid_error != pytest.approx(maps[k - 1].off_grid_error, rel=1e-3)
+
+
+def test_a_batch_norm_is_a_per_channel_affine_map_of_its_input_only_in_inference(tmp_path):
+    net = NormalisedStrided(seed=5).eval()
+    graph = FxGraph(torch.export.load(export_program(net, tmp_path / "m.pt2")).module())
+    h = torch.randn(2, 8, 8, 8)
+    for name, norm in (("batch_norm", net.features[2]), ("batch_norm_1", net.features[4])):
+        affine = graph.channel_affine(name)
+        assert affine is not None
+        assert affine.source == ("relu" if name == "batch_norm" else "conv2d_1")
+        with torch.no_grad():
+            torch.testing.assert_close(affine.apply(h), norm(h), rtol=1e-5, atol=1e-5)
+    assert graph.channel_affine("conv2d") is None
+    training = torch.export.export(net.train(), (torch.randn(2, 3, 16, 16),)).module()
+    norms = [n.name for n in training.graph.nodes if "batch_norm" in str(n.target)]
+    assert norms  # the training form has its norms, over the batch's own statistics
+    assert all(FxGraph(training).channel_affine(name) is None for name in norms)
+    # ONNX: the norm after the ReLU stays a BatchNormalization node (the other is folded).
+    onnx_graph, _ = open_graph(load_runtime(export_onnx(net.eval(), tmp_path / "m.onnx")))
+    assert isinstance(onnx_graph, OnnxGraph)
+    (name,) = [n.name for n in onnx_graph.static.nodes if n.op_type == "BatchNormalization"]
+    affine = onnx_graph.channel_affine(name)
+    assert affine is not None
+    relu_out = next(n.name for n in onnx_graph.static.nodes if n.op_type == "Relu")
+    assert affine.source == relu_out
+    with torch.no_grad():
+        torch.testing.assert_close(affine.apply(h), net.features[2](h), rtol=1e-5, atol=1e-5)
+    assert all(
+        onnx_graph.channel_affine(n.name) is None
+        for n in onnx_graph.static.nodes
+        if n.op_type != "BatchNormalization"
+    )
 
 
 def test_an_audit_carries_the_profile_its_findings_and_their_cost(tmp_path):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .geometry import positions
-from .ideal_shift import IdealShifter, is_integer_shift
+from .ideal_shift import IdealShifter, frobenius_norms, is_integer_shift
 
 ON_GRID = ((1, 0), (0, 1), (1, 1))  # times j
 OFF_GRID: tuple[tuple[int, int], ...] = ((1, 0), (0, 1), (1, 1))
@@ -61,17 +61,12 @@ def shift_errors(
     norm = reference.norms
     keep = norm > 0
     distance = reference.distances(shifted, d)
-    errors = (distance / norm)[keep]
+    errors = relative_errors(distance, reference)
     if not with_cosine:
         return errors, None
-    count = value.shape[0]
-    na = _norms(positions(shifted, geometry).reshape(count, -1))
+    na = frobenius_norms(positions(shifted, geometry))
     # A roll keeps the norm; a fractional shift need not.
-    ne = (
-        norm
-        if is_integer_shift(d)
-        else _norms(positions(reference(d), geometry).reshape(count, -1))
-    )
+    ne = norm if is_integer_shift(d) else frobenius_norms(positions(reference(d), geometry))
     cosine = (na**2 + ne**2 - distance**2) / (2 * na * ne).clamp_min(torch.finfo(na.dtype).tiny)
     return errors, cosine[keep]
 
@@ -84,14 +79,13 @@ def errors_against(
     the difference on the grid, in the layer's precision; probes whose reference is all zeros
     are left out."""
     distance = reference.grid_distances(shifted.to(reference.value.dtype), ideal)
+    return relative_errors(distance, reference)
+
+
+def relative_errors(distance: torch.Tensor, reference: IdealShifter) -> torch.Tensor:
+    """distance / ||reference|| per probe; probes whose reference is all zeros are left out."""
     norm = reference.norms
     return (distance / norm)[norm > 0]
-
-
-def _norms(rows: torch.Tensor) -> torch.Tensor:
-    """The Frobenius norm of each row, as float64."""
-    norms: torch.Tensor = torch.linalg.vector_norm(rows, dim=1)
-    return norms.double()
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.fx
 
+from .channel_affine import ChannelAffine
 from .graph import (
     Concat,
     Dense,
@@ -122,6 +123,9 @@ _POINTWISE = frozenset(
         "scalar_tensor",
         "copy",
     ]
+)
+_BATCH_NORMS = frozenset(
+    ["batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm"]
 )
 _RELAYOUT = frozenset(
     ["view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as"]
@@ -410,6 +414,51 @@ class FxGraph:
             and isinstance(node.meta.get("val"), torch.Tensor)
             and node.meta["val"].dim() in (3, 4)
         ]
+
+    def channel_affine(self, name: str) -> ChannelAffine | None:
+        """The per-channel affine map `name` is of its input, for a batch norm in inference
+        whose statistics and weights are constants of the graph; else None."""
+        node = self._nodes.get(name)
+        if node is None or node.op != "call_function":
+            return None
+        source, item = _source(node)
+        target = source.target
+        if item not in (None, 0) or not isinstance(target, torch._ops.OpOverload):
+            return None
+        if target.overloadpacket.__name__ not in _BATCH_NORMS:
+            return None
+        bound = _bound(target, source.args, source.kwargs)
+        data = bound.get("input")
+        value = data.meta.get("val") if isinstance(data, torch.fx.Node) else None
+        if bound.get("training", False) or not isinstance(value, torch.Tensor) or value.dim() != 4:
+            return None
+        tensors = {k: self._constant(bound.get(k)) for k in ("weight", "bias")}
+        mean, var = (
+            self._constant(bound.get("running_mean")),
+            self._constant(bound.get("running_var")),
+        )
+        if any(bound.get(k) is not None and v is None for k, v in tensors.items()):
+            return None  # a weight computed in the graph
+        if mean is None or var is None:
+            return None
+        assert isinstance(data, torch.fx.Node)
+        return ChannelAffine.of_batch_norm(
+            data.name,
+            weight=tensors["weight"],
+            bias=tensors["bias"],
+            mean=mean,
+            var=var,
+            eps=float(bound["eps"]),
+        )
+
+    def _constant(self, argument: Any) -> torch.Tensor | None:
+        """The tensor a get_attr node holds, else None."""
+        if not isinstance(argument, torch.fx.Node) or argument.op != "get_attr":
+            return None
+        value: Any = self.module
+        for part in str(argument.target).split("."):
+            value = getattr(value, part)
+        return value if isinstance(value, torch.Tensor) else None
 
     # --- the torus variant ----------------------------------------------------------------
 

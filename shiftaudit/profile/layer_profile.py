@@ -24,7 +24,10 @@ A fractional comparison on the deployed network costs one forward real FFT of th
 output (by Parseval, against the reference's spectrum, taken once for its three shifts); on the
 torus variant, the ideal shift T_{t/j} h of each map is made once per t (one inverse FFT) and
 serves as the reference of its aliasing_error, of its own local_aliasing and as the input of
-the nodes that read it. On a CPU the probes run one at a time (`_chunks`: memory).
+the nodes that read it. A per-channel affine layer (an inference batch norm, a node of its
+own in a torch.export graph) costs neither at a fractional shift: its distance follows from
+its input's per-channel residuals and its ideal shift is a T x + b (channel_affine.py). On a
+CPU the probes run one at a time (`_chunks`: memory).
 
 How it runs (`parallel.py`): on a CPU, torch at one intra-op thread, the comparisons of one
 step (one per layer) and the shifted inputs of a local run (one per tensor) side by side on
@@ -46,19 +49,21 @@ from ..report import LayerEntry, LayerProfile, ReceptiveField, TorusVariant
 from ..runtimes import Runtime
 from ..threads import resolve_vml_kernels
 from .access import TORCHSCRIPT, Graph, open_graph
+from .channel_affine import ChannelAffine
 from .equivariance import (
     OFF_GRID,
     ErrorSamples,
     errors_against,
     on_grid_shifts,
     output_shift,
+    relative_errors,
     shift_errors,
 )
 from .findings import layer_findings
 from .geometry import NON_SPATIAL as NON_SPATIAL_GEOMETRY
 from .geometry import Geometry, geometry_of
 from .graph import Concat, Shape, Shift, StaticGraph
-from .ideal_shift import IdealShifter
+from .ideal_shift import IdealShifter, is_integer_shift
 from .parallel import Tasks, in_callers_modes, profile_tasks
 from .receptive_fields import (
     Field,
@@ -140,7 +145,15 @@ def _profile(
             name: geometry_of(value.shape, size=size, layout=layout)
             for name, value in values.items()
         }
-        _deployed_errors(deployed, chunk, geometries, measured, dims=dims, tasks=tasks)
+        _deployed_errors(
+            deployed,
+            chunk,
+            geometries,
+            measured,
+            followers=_followers(graph, values, geometries),
+            dims=dims,
+            tasks=tasks,
+        )
         if graph is not None and analysis is not None and (number == 0 or torus.available):
             torus = _torus_errors(
                 graph,
@@ -269,11 +282,14 @@ def _deployed_errors(
     geometries: Mapping[str, Geometry],
     measured: _Measured,
     *,
+    followers: Mapping[str, ChannelAffine],
     dims: tuple[int, int],
     tasks: Tasks,
 ) -> None:
     """on_grid_error (and cosine) and off_grid_error on the deployed network, the layers of
-    one shift compared side by side (`tasks`)."""
+    one shift compared side by side (`tasks`); at a fractional shift a per-channel affine
+    layer's distance comes from its input's comparison (`followers`, channel_affine.py), so
+    the run does not return it."""
     strides = sorted({g.stride for g in geometries.values() if g.stride is not None})
     on_grid = {stride: on_grid_shifts(stride) for stride in strides}
     shifts = list(
@@ -292,32 +308,86 @@ def _deployed_errors(
         assert stride is not None
         return t in on_grid[stride], t in OFF_GRID
 
+    def fractional(name: str, t: tuple[int, int]) -> bool:
+        stride = references[name].geometry.stride
+        assert stride is not None
+        return not is_integer_shift(output_shift(t, stride))
+
     compared = {t: [name for name in references if any(kinds(name, t))] for t in shifts}
+    derived = {
+        t: {
+            name: affine
+            for name, affine in followers.items()
+            if name in compared[t] and affine.source in compared[t] and fractional(name, t)
+        }
+        for t in shifts
+    }
     runs = _prefetched(
-        lambda t: deployed.run(torch.roll(inputs, t, dims=dims), compared[t]),
+        lambda t: deployed.run(
+            torch.roll(inputs, t, dims=dims), [n for n in compared[t] if n not in derived[t]]
+        ),
         shifts,
     )
     for t, shifted in zip(shifts, runs, strict=True):
         measured.passes += 1
-        names = compared[t]
+        names = [name for name in compared[t] if name not in derived[t]]
+        reading = {
+            name: [f for f, affine in derived[t].items() if affine.source == name] for name in names
+        }
 
         def compare(
-            name: str, t: tuple[int, int] = t, shifted: Mapping[str, Any] = shifted
-        ) -> tuple[torch.Tensor, torch.Tensor | None]:
-            return shift_errors(
-                shifted=shifted[name],
-                reference=references[name],
-                t=t,
-                with_cosine=kinds(name, t)[0],
-            )
+            name: str,
+            t: tuple[int, int] = t,
+            shifted: Mapping[str, Any] = shifted,
+            reading: Mapping[str, list[str]] = reading,
+        ) -> Sequence[tuple[str, torch.Tensor, torch.Tensor | None]]:
+            if not reading[name]:
+                errors, cosine = shift_errors(
+                    shifted=shifted[name],
+                    reference=references[name],
+                    t=t,
+                    with_cosine=kinds(name, t)[0],
+                )
+                return [(name, errors, cosine)]
+            reference = references[name]
+            d = output_shift(t, reference.geometry.stride or 1)
+            powers = reference.channel_powers(shifted[name], d)
+            own = powers.sum(dim=1).clamp_min(0).sqrt()
+            return [(name, relative_errors(own, reference), None)] + [
+                (f, relative_errors(derived[t][f].distances(powers), references[f]), None)
+                for f in reading[name]
+            ]
 
-        for name, (errors, cosine) in zip(names, tasks.map(compare, names), strict=True):
+        for name, errors, cosine in (row for rows in tasks.map(compare, names) for row in rows):
             on, off = kinds(name, t)
             if on and cosine is not None:
                 measured.add("on_grid", name, errors)
                 measured.add("cosine", name, cosine)
             if off:
                 measured.add("off_grid", name, errors)
+
+
+def _followers(
+    graph: Graph | None, values: Mapping[str, torch.Tensor], geometries: Mapping[str, Geometry]
+) -> dict[str, ChannelAffine]:
+    """The layers that are a per-channel affine map of another layer on the same NCHW grid
+    (channel_affine.py), by name; the input of each is not such a layer itself."""
+    if graph is None:
+        return {}
+    found: dict[str, ChannelAffine] = {}
+    for name, value in values.items():
+        affine = graph.channel_affine(name)
+        if affine is None or affine.source not in values or affine.source in found:
+            continue
+        geometry = geometries[name]
+        if (
+            geometry.kind == "map"
+            and geometry.dims == (2, 3)
+            and geometries[affine.source] == geometry
+            and value.shape[1] == affine.scale.numel()
+        ):
+            found[name] = affine
+    return found
 
 
 def _tainted(static: StaticGraph, refused: Mapping[str, str]) -> dict[str, str]:
@@ -457,12 +527,20 @@ def _torus_shift_errors(
         return
     # Made here, in order, before any thread reads them: each spectrum is taken once.
     shifters = {tensor: IdealShifter(base[tensor], geometry) for tensor, geometry in moving.items()}
+    followers = _followers(graph, {t: base[t] for t in moving}, moving)
 
     def ideal_shifts(t: tuple[int, int]) -> dict[str, torch.Tensor]:
-        def shift(tensor: str) -> torch.Tensor:
-            return shifters[tensor](output_shift(t, moving[tensor].stride or 1))
+        """T_{t/j} of every moving map; at a fractional shift a per-channel affine map's as
+        a T x + b of its input's (channel_affine.py), with no transform of its own."""
 
-        return dict(zip(moving, tasks.map(shift, list(moving)), strict=True))
+        def d(tensor: str) -> tuple[float, float]:
+            return output_shift(t, moving[tensor].stride or 1)
+
+        derived = [y for y in followers if not is_integer_shift(d(y))]
+        direct = [tensor for tensor in moving if tensor not in derived]
+        ideal = dict(zip(direct, tasks.map(lambda x: shifters[x](d(x)), direct), strict=True))
+        moved = tasks.map(lambda y: followers[y].apply(ideal[followers[y].source]), derived)
+        return ideal | dict(zip(derived, moved, strict=True))
 
     def torus_run(t: tuple[int, int]) -> dict[str, Any]:
         return graph.run(torch.roll(inputs, t, dims=dims), torus=True, keep=set(aliased))

@@ -21,6 +21,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
+from .channel_affine import ChannelAffine
 from .graph import (
     Concat,
     Dense,
@@ -579,6 +580,33 @@ class OnnxGraph:
             for node in self.static.nodes
             if node.name not in outputs and len(self._shapes.get(node.name, ())) in (3, 4)
         ]
+
+    def channel_affine(self, name: str) -> ChannelAffine | None:
+        """The per-channel affine map `name` is of its input, for a BatchNormalization in
+        inference whose statistics and weights are initializers; else None."""
+        node = self._producers.get(name)
+        if node is None or node.op_type != "BatchNormalization" or node.output[0] != name:
+            return None
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attributes.get("training_mode", 0) or any(out for out in node.output[1:]):
+            return None
+        data, *constants = node.input
+        if len(self._shapes.get(data, ())) != 4 or len(constants) != 4:
+            return None
+        initializers = {init.name: init for init in self.model.graph.initializer}
+        if any(c not in initializers for c in constants):
+            return None
+        weight, bias, mean, var = (
+            torch.from_numpy(numpy_helper.to_array(initializers[c]).copy()) for c in constants
+        )
+        return ChannelAffine.of_batch_norm(
+            data,
+            weight=weight,
+            bias=bias,
+            mean=mean,
+            var=var,
+            eps=float(attributes.get("epsilon", 1e-5)),
+        )
 
     # --- the torus variant ----------------------------------------------------------------
 
