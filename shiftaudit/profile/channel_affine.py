@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .ideal_shift import distances_of
+
 CHANNEL_AXIS = 1  # batch norm's axis, in ONNX and in aten alike
 
 
@@ -65,5 +67,4 @@ class ChannelAffine:
     def distances(self, powers: torch.Tensor) -> torch.Tensor:
         """||y_s - T_d y|| per probe from the input's residual powers per (probe, channel):
         sqrt(sum_c a_c^2 ||x_s,c - T_d x_c||^2), float64."""
-        weights = self.scale.to(powers.device).square()
-        return (powers.double() * weights).sum(dim=1).clamp_min(0).sqrt()
+        return distances_of(powers.double() * self.scale.to(powers.device).square())

@@ -78,8 +78,7 @@ class IdealShifter:
         grid."""
         if is_integer_shift(d):
             return self.grid_distances(shifted, self(d))
-        distance: torch.Tensor = self.channel_powers(shifted, d).sum(dim=1).clamp_min(0).sqrt()
-        return distance
+        return distances_of(self.channel_powers(shifted, d))
 
     def channel_powers(self, shifted: torch.Tensor, d: tuple[float, float]) -> torch.Tensor:
         """||shifted_c - T_d F_c||^2 per probe and channel (float64, probes x channels) for a
@@ -129,6 +128,12 @@ class IdealShifter:
             precision = torch.promote_types(grid.dtype, torch.float32)
             self._spectrum = torch.fft.rfft2(grid.to(precision), dim=dims)
         return self._spectrum
+
+
+def distances_of(powers: torch.Tensor) -> torch.Tensor:
+    """sqrt(sum_c powers_c) per probe, of squared distances per (probe, channel), float64."""
+    distance: torch.Tensor = powers.double().sum(dim=1).clamp_min(0).sqrt()
+    return distance
 
 
 def frobenius_norms(value: torch.Tensor) -> torch.Tensor:

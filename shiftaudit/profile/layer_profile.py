@@ -63,7 +63,7 @@ from .findings import layer_findings
 from .geometry import NON_SPATIAL as NON_SPATIAL_GEOMETRY
 from .geometry import Geometry, geometry_of
 from .graph import Concat, Shape, Shift, StaticGraph
-from .ideal_shift import IdealShifter, is_integer_shift
+from .ideal_shift import IdealShifter, distances_of, is_integer_shift
 from .parallel import Tasks, in_callers_modes, profile_tasks
 from .receptive_fields import (
     Field,
@@ -135,6 +135,7 @@ def _profile(
         analysis = receptive_fields(graph.static, size=size, layout=layout)
         graph.prepare_torus(analysis)
     torus = TorusVariant(available=False, reason=graph_reason, rewritten=[], refused={})
+    affines = _channel_affines(graph)
     probe_passes = 0
     for number, chunk in enumerate(_chunks(inputs, model.device)):
         before = measured.passes
@@ -150,7 +151,7 @@ def _profile(
             chunk,
             geometries,
             measured,
-            followers=_followers(graph, values, geometries),
+            followers=_followers(affines, values, geometries),
             dims=dims,
             tasks=tasks,
         )
@@ -161,6 +162,7 @@ def _profile(
                 chunk,
                 geometries,
                 measured,
+                affines=affines,
                 dims=dims,
                 layout=layout,
                 size=size,
@@ -352,8 +354,7 @@ def _deployed_errors(
             reference = references[name]
             d = output_shift(t, reference.geometry.stride or 1)
             powers = reference.channel_powers(shifted[name], d)
-            own = powers.sum(dim=1).clamp_min(0).sqrt()
-            return [(name, relative_errors(own, reference), None)] + [
+            return [(name, relative_errors(distances_of(powers), reference), None)] + [
                 (f, relative_errors(derived[t][f].distances(powers), references[f]), None)
                 for f in reading[name]
             ]
@@ -367,16 +368,24 @@ def _deployed_errors(
                 measured.add("off_grid", name, errors)
 
 
-def _followers(
-    graph: Graph | None, values: Mapping[str, torch.Tensor], geometries: Mapping[str, Geometry]
-) -> dict[str, ChannelAffine]:
-    """The layers that are a per-channel affine map of another layer on the same NCHW grid
-    (channel_affine.py), by name; the input of each is not such a layer itself."""
+def _channel_affines(graph: Graph | None) -> dict[str, ChannelAffine]:
+    """The graph's layers that are per-channel affine maps of their input, read once."""
     if graph is None:
         return {}
+    found = {name: graph.channel_affine(name) for name in graph.layer_names()}
+    return {name: affine for name, affine in found.items() if affine is not None}
+
+
+def _followers(
+    affines: Mapping[str, ChannelAffine],
+    values: Mapping[str, torch.Tensor],
+    geometries: Mapping[str, Geometry],
+) -> dict[str, ChannelAffine]:
+    """The layers that are a per-channel affine map (`affines`) of another layer on the same
+    NCHW grid, by name; the input of each is not such a layer itself."""
     found: dict[str, ChannelAffine] = {}
     for name, value in values.items():
-        affine = graph.channel_affine(name)
+        affine = affines.get(name)
         if affine is None or affine.source not in values or affine.source in found:
             continue
         geometry = geometries[name]
@@ -410,6 +419,7 @@ def _torus_errors(
     geometries: Mapping[str, Geometry],
     measured: _Measured,
     *,
+    affines: Mapping[str, ChannelAffine],
     dims: tuple[int, int],
     layout: str,
     size: tuple[int, int],
@@ -443,6 +453,7 @@ def _torus_errors(
             cones,
             geometries,
             measured,
+            affines=affines,
             dims=dims,
             layout=layout,
             size=size,
@@ -496,6 +507,7 @@ def _torus_shift_errors(
     geometries: Mapping[str, Geometry],
     measured: _Measured,
     *,
+    affines: Mapping[str, ChannelAffine],
     dims: tuple[int, int],
     layout: str,
     size: tuple[int, int],
@@ -527,7 +539,7 @@ def _torus_shift_errors(
         return
     # Made here, in order, before any thread reads them: each spectrum is taken once.
     shifters = {tensor: IdealShifter(base[tensor], geometry) for tensor, geometry in moving.items()}
-    followers = _followers(graph, {t: base[t] for t in moving}, moving)
+    followers = _followers(affines, {t: base[t] for t in moving}, moving)
 
     def ideal_shifts(t: tuple[int, int]) -> dict[str, torch.Tensor]:
         """T_{t/j} of every moving map; at a fractional shift a per-channel affine map's as
