@@ -281,11 +281,20 @@ class ShiftGenerator:
             taps = (0, 1) if self._bilinear else (0,)
             self._row_runs = [_tap_runs(self._rows, tap) for tap in taps]
             self._col_runs = [_tap_runs(self._cols, tap) for tap in taps]
+            self._row_weights = _tap_weights(self._rows, bilinear=self._bilinear)
+            self._col_weights = _tap_weights(self._cols, bilinear=self._bilinear)
         self._memo: tuple[torch.Tensor, torch.Tensor] | None = None
         self._spectra_of: torch.Tensor | None = None
         self._spectrum: dict[tuple[_FourierKind, int], torch.Tensor] = {}
+        self._moved: dict[tuple[int, int], torch.Tensor] = {}
         if self._fourier:
-            self._fourier_kinds = _fourier_kinds(shifts)
+            # d = ceil(d) + phi, phi in (-1, 0]: the roll by ceil(d) is tap 0 of the tables.
+            fractions = shifts - np.ceil(shifts)
+            distinct, inverse = np.unique(fractions, axis=0, return_inverse=True)
+            self._fraction_of: list[int] = inverse.reshape(-1).tolist()
+            self._fraction_t = torch.as_tensor(distinct, dtype=torch.float64, device=device)
+            self._fraction_kinds = _fourier_kinds(distinct)
+            self._fraction_shared: list[bool] = (np.bincount(inverse.reshape(-1)) > 1).tolist()
             fy = torch.fft.fftfreq(height, device=device, dtype=torch.float64)
             fx = torch.fft.fftfreq(width, device=device, dtype=torch.float64)
             self._freq = (fy, fx)
@@ -320,28 +329,36 @@ class ShiftGenerator:
     def _copied(
         self, source: torch.Tensor, probe_index: torch.Tensor, shift_index: torch.Tensor
     ) -> torch.Tensor:
-        """The gather's result built from block copies, tap by tap, weighted as the gather is."""
+        """The gather's result built from block copies, image by image, weighted as the gather is.
+
+        A tap of weight 0 (tap 1 on an axis where the shift is whole) adds a zero to the
+        gather's sum, which changes no value (at most the sign of a zero), so it is not copied;
+        a tap of weight 1 is a plain copy. The taps left are summed in the gather's order, one
+        image at a time, so that each is added while the image is still in cache.
+        """
         images = self._oriented(source)
         probes, shifts = probe_index.tolist(), shift_index.tolist()
-        shape = (len(probes), *self._image_shape())
-        out = torch.empty(shape, dtype=source.dtype, device=source.device)
-        tap = out if not self._bilinear else torch.empty_like(out)
-        first = True
-        for r_tap, r_weight in self._tap_weights(self._rows, shift_index):
-            for c_tap, c_weight in self._tap_weights(self._cols, shift_index):
-                rows, cols = self._row_runs[r_tap], self._col_runs[c_tap]
-                target = out if first else tap
-                # The gather's product of the two axes' float32 weights, applied while copying.
-                scales: list[float | None] = [None] * len(probes)
-                if r_weight is not None and c_weight is not None:
-                    scales = (r_weight * c_weight).tolist()
-                for m, (probe, shift) in enumerate(zip(probes, shifts, strict=True)):
+        out = torch.empty(
+            (len(probes), *self._image_shape()), dtype=source.dtype, device=source.device
+        )
+        scratch = torch.empty_like(out[0]) if self._bilinear else out[0]
+        for m, (probe, shift) in enumerate(zip(probes, shifts, strict=True)):
+            first = True
+            for r_tap, r_weight in self._row_weights[shift]:
+                for c_tap, c_weight in self._col_weights[shift]:
+                    # The gather's product of the two axes' float32 weights.
+                    scale = float(r_weight * c_weight)
+                    target = out[m] if first else scratch
                     self._copy_image(
-                        target[m], images[probe], rows[shift], cols[shift], scale=scales[m]
+                        target,
+                        images[probe],
+                        self._row_runs[r_tap][shift],
+                        self._col_runs[c_tap][shift],
+                        scale=None if scale == 1.0 else scale,
                     )
-                if not first:
-                    out.add_(tap)  # the gather's sum, in its order
-                first = False
+                    if not first:
+                        out[m].add_(scratch)
+                    first = False
         return out
 
     def _oriented(self, source: torch.Tensor) -> torch.Tensor:
@@ -399,16 +416,6 @@ class ShiftGenerator:
                 else:
                     put(block, source_band.narrow(col_dim, c_source, c_length))
 
-    def _tap_weights(
-        self, table: _AxisTable, shift_index: torch.Tensor
-    ) -> list[tuple[int, torch.Tensor | None]]:
-        """(tap, (M,) weight of each pair's shift) per tap: the floor tap alone for integer
-        shifts, as in `_taps`; a shift weighs every position alike (`_axis_table`)."""
-        if not self._bilinear:
-            return [(0, None)]
-        w1 = table.weight1[shift_index, 0]
-        return [(0, 1.0 - w1), (1, w1)]
-
     def _gather(
         self, source: torch.Tensor, probe: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
     ) -> torch.Tensor:
@@ -457,46 +464,52 @@ class ShiftGenerator:
     def _fourier_from_spectra(
         self, source: torch.Tensor, probe_index: torch.Tensor, shift_index: torch.Tensor
     ) -> torch.Tensor:
-        """The same band-limited shift, each pair by the cheapest transform that is exact for it.
+        """The same band-limited shift, each pair a roll of the cheapest transform exact for it.
 
-        For a whole shift the phase ramp exp(-2 pi i (fy dy + fx dx)) is the roll's own
-        spectrum, so the shift is the roll, copied as an integer shift is. Whole on one axis, the
-        ramp factors into that axis's roll and a 1-D ramp on the other, so one 1-D transform of
-        each row (or column) does, with the roll folded into the multiply. A real image's
-        spectrum is Hermitian, so rfft/irfft give the real part of the full transform's result
-        (equal up to float64 rounding, far below float32's) at under half its cost, and a probe's
-        K shifts share one forward transform of each kind.
+        The phase ramp of a whole shift w, exp(-2 pi i (fy wy + fx wx)), is the roll's own
+        spectrum, so the shift by d = w + phi is the roll by w of the shift by phi; with w =
+        ceil(d), every shift of a grid whose fractional parts agree shares one transform of
+        each probe (all 16 fractional shifts of a half-pixel grid, three). Whole on one axis,
+        phi's ramp is a 1-D ramp on the other, so one 1-D transform of each row (or column)
+        does. A real image's spectrum is Hermitian, so rfft/irfft give the real part of the
+        full transform's result (equal up to float64 rounding, far below float32's) at under
+        half its cost, and a probe's transforms share one forward transform of each kind.
         """
         probes, shifts = probe_index.tolist(), shift_index.tolist()
+        self._forget_spectra(source, probes)
+        fractions = [self._fraction_of[shift] for shift in shifts]
+        missing: dict[_FourierKind, dict[tuple[int, int], None]] = {}
+        for probe, fraction in zip(probes, fractions, strict=True):
+            kind = self._fraction_kinds[fraction]
+            if kind != "whole" and (probe, fraction) not in self._moved:
+                missing.setdefault(kind, {})[(probe, fraction)] = None
+        for kind, keys in missing.items():
+            moved = self._fourier_group(
+                kind, source, [probe for probe, _ in keys], [fraction for _, fraction in keys]
+            )
+            for g, key in enumerate(keys):
+                # One pass per transform: float64 -> float32 and into the output's layout.
+                image = moved[g] if self.channels_first else moved[g].permute(1, 2, 0)
+                self._moved[key] = image.to(torch.float32, memory_format=torch.contiguous_format)
+        images = self._oriented(source)
         out = torch.empty(
             (len(probes), *self._image_shape()), dtype=torch.float32, device=source.device
         )
-        groups: dict[_FourierKind, list[int]] = {}
-        for m, shift in enumerate(shifts):
-            groups.setdefault(self._fourier_kinds[shift], []).append(m)
-        self._forget_spectra(source, probes)
-        for kind, members in groups.items():
-            if kind == "whole":
-                images = self._oriented(source)
-                rows, cols = self._row_runs[0], self._col_runs[0]
-                for m in members:
-                    self._copy_image(out[m], images[probes[m]], rows[shifts[m]], cols[shifts[m]])
-                continue
-            shifted = self._fourier_group(
-                kind, source, [probes[m] for m in members], shift_index[members]
-            )
-            for g, m in enumerate(members):
-                # One pass per image: float64 -> float32 and into the output's layout.
-                out[m].copy_(shifted[g] if self.channels_first else shifted[g].permute(1, 2, 0))
+        for m, (probe, shift, fraction) in enumerate(zip(probes, shifts, fractions, strict=True)):
+            whole = self._fraction_kinds[fraction] == "whole"
+            moved = images[probe] if whole else self._moved[(probe, fraction)]
+            self._copy_image(out[m], moved, self._row_runs[0][shift], self._col_runs[0][shift])
+            if not whole and not self._fraction_shared[fraction]:
+                del self._moved[(probe, fraction)]  # no other shift of the grid needs it
         return out
 
     def _fourier_group(
-        self, kind: _FourierKind, source: torch.Tensor, probes: list[int], shift_index: torch.Tensor
+        self, kind: _FourierKind, source: torch.Tensor, probes: list[int], fractions: list[int]
     ) -> torch.Tensor:
-        """(G, C, H, W) float64: pairs of one kind, each probe's spectrum times its ramp."""
+        """(G, C, H, W) float64: each probe shifted by its fractional part, all of one kind."""
         height, width = self.plan.input_size
-        shift = self._shift_t[shift_index]
-        dy, dx = shift[:, 0, None], shift[:, 1, None]
+        fraction = self._fraction_t[fractions]
+        dy, dx = fraction[:, 0, None], fraction[:, 1, None]
         spectra = [self._spectrum_of(kind, source, probe) for probe in probes]
         product = torch.empty(
             len(probes), *spectra[0].shape, dtype=spectra[0].dtype, device=spectra[0].device
@@ -507,19 +520,15 @@ class ShiftGenerator:
                 torch.mul(spectrum, ramp[g], out=product[g])
             plane: torch.Tensor = torch.fft.irfft2(product, s=(height, width))
             return plane
-        # One axis fractional: a 1-D ramp along it, the other axis's whole shift as a roll.
+        # One axis fractional: a 1-D ramp along it.
         along_rows = kind == "fractional_y"
-        fraction, whole = (dy, dx) if along_rows else (dx, dy)
         length = height if along_rows else width
         frequency = torch.fft.rfftfreq(length, device=self.device, dtype=torch.float64)
-        ramp = torch.polar(
-            torch.ones_like(frequency * fraction), -2.0 * math.pi * frequency * fraction
-        )
-        transform_dim, roll_dim = (-2, -1) if along_rows else (-1, -2)
+        phase = frequency * (dy if along_rows else dx)
+        ramp = torch.polar(torch.ones_like(phase), -2.0 * math.pi * phase)
         for g, spectrum in enumerate(spectra):
-            factor = ramp[g][:, None] if along_rows else ramp[g]
-            _rolled_product(spectrum, factor, int(whole[g, 0]), roll_dim, out=product[g])
-        lines: torch.Tensor = torch.fft.irfft(product, n=length, dim=transform_dim)
+            torch.mul(spectrum, ramp[g][:, None] if along_rows else ramp[g], out=product[g])
+        lines: torch.Tensor = torch.fft.irfft(product, n=length, dim=-2 if along_rows else -1)
         return lines
 
     def _plane_ramp(self, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
@@ -556,15 +565,16 @@ class ShiftGenerator:
         return self._spectrum[key]
 
     def _forget_spectra(self, source: torch.Tensor, probes: list[int]) -> None:
-        """Drop the spectra no later batch needs.
+        """Drop the spectra and shifted probes no later batch needs.
 
         Batches come probe by probe in increasing order, so a probe below the batch's first
         is never asked for again: a chunk's spectra would not fit in memory.
         """
         if self._spectra_of is not source:
-            self._spectra_of, self._spectrum = source, {}
+            self._spectra_of, self._spectrum, self._moved = source, {}, {}
         first = min(probes)
         self._spectrum = {key: v for key, v in self._spectrum.items() if key[1] >= first}
+        self._moved = {key: v for key, v in self._moved.items() if key[0] >= first}
 
 
 _FourierKind = Literal["whole", "fractional_y", "fractional_x", "fractional"]
@@ -582,19 +592,15 @@ def _fourier_kinds(shifts: np.ndarray) -> list[_FourierKind]:
     return [kinds[(bool(y), bool(x))] for y, x in whole]
 
 
-def _rolled_product(
-    values: torch.Tensor, factor: torch.Tensor, shift: int, dim: int, *, out: torch.Tensor
-) -> None:
-    """out = roll(values, shift, dim) * factor, written in place (`factor` constant along dim)."""
-    length = values.shape[dim]
-    shift %= length
-    if shift == 0:
-        torch.mul(values, factor, out=out)
-        return
-    torch.mul(
-        values.narrow(dim, 0, length - shift), factor, out=out.narrow(dim, shift, length - shift)
-    )
-    torch.mul(values.narrow(dim, length - shift, shift), factor, out=out.narrow(dim, 0, shift))
+def _tap_weights(table: _AxisTable, *, bilinear: bool) -> list[list[tuple[int, np.float32]]]:
+    """Per shift, (tap, float32 weight) of one axis for each tap of non-zero weight: the floor
+    tap alone, weighted 1, for an integer plan, as in `ShiftGenerator._taps`; a shift weighs
+    every position alike (`_axis_table`)."""
+    w1 = table.weight1[:, 0].cpu().numpy()
+    if not bilinear:
+        return [[(0, np.float32(1.0))]] * len(w1)
+    w0 = np.float32(1.0) - w1  # the gather's float32 1 - w1
+    return [[(tap, w) for tap, w in ((0, w0[k]), (1, w1[k])) if w != 0] for k in range(len(w1))]
 
 
 def _tap_runs(table: _AxisTable, tap: int) -> list[_Runs | torch.Tensor]:

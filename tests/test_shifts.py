@@ -206,10 +206,11 @@ def test_bad_sweeps_are_refused_with_reasons():
         {"mode": "crop", "max_shift": 3},
         {"mode": "canvas", "object_size": 4, "step": 2, "fill": (0, 0, 255)},
         {"mode": "circular", "shifts": [(0.5, 0.0), (-1.25, 2.75), (0.1, -0.3)]},
-        {"mode": "zero", "shifts": [(0.5, -3.5), (-1.25, 2.75)], "fill": (10, 200, 30)},
+        # Whole on one axis or both: the copies leave out the taps of weight 0.
+        {"mode": "zero", "shifts": [(0.5, -3), (-1.25, 2.75), (2, 1), (0, 0.5)], "fill": (9, 9, 9)},
         {"mode": "reflect", "shifts": [(0.5, -3.5), (6.25, 2.75)]},
         {"mode": "edge", "shifts": [(0.5, -3.5), (-6.25, 2.75)]},
-        {"mode": "crop", "shifts": [(0.5, -2.5), (-1.25, 2.75)]},
+        {"mode": "crop", "shifts": [(0.5, -2.5), (-1.25, 2.75), (1, 0), (0, -1.5)]},
     ],
     ids=lambda sweep: "-".join(f"{v}" for v in sweep.values())[:40],
 )
