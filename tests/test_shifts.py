@@ -303,3 +303,35 @@ def test_fourier_shifts_match_the_full_transform_whatever_the_pair_order(channel
                         roll = torch.roll(source[p], tuple(int(v) for v in plan.shifts[k]), (0, 1))
                         assert torch.equal(channels_last[m], roll)
         assert not torch.allclose(expected[pairs], source[probes], atol=1e-3)
+
+
+@pytest.mark.parametrize("subpixel", ["bilinear", "fourier"])
+def test_a_pair_is_shifted_alike_whatever_batch_it_falls_in(subpixel):
+    """The engine reduces a probe the same way in any shard and at any batch size, so a pair's
+    image may not depend on its batch: a Fourier transform made once and rolled for several
+    shifts (kept between batches) equals the one made afresh, bit for bit."""
+    shifts = [(dy / 2, dx / 2) for dy in range(-2, 3) for dx in range(-2, 3)]
+    plan = plan_shifts(SweepConfig(mode="circular", shifts=shifts, subpixel=subpixel), SIZE)
+    source = _source(batch=3, seed=7)
+    probe, shift = _all_pairs(plan, 3)
+
+    def batched(size: int) -> torch.Tensor:
+        gen = ShiftGenerator(
+            plan, fill=_fill((0, 0, 0)), channels_first=True, device=torch.device("cpu")
+        )
+        return torch.cat(
+            [
+                gen(source, probe[s : s + size], shift[s : s + size])
+                for s in range(0, len(probe), size)
+            ]
+        )
+
+    alone = batched(1)
+    for size in (4, 7, len(probe)):
+        assert torch.equal(batched(size), alone)
+    # Every pair afresh: a generator per pair keeps nothing from an earlier one.
+    for m in (0, 13, 27, 52, len(probe) - 1):
+        gen = ShiftGenerator(
+            plan, fill=_fill((0, 0, 0)), channels_first=True, device=torch.device("cpu")
+        )
+        assert torch.equal(gen(source, probe[m : m + 1], shift[m : m + 1])[0], alone[m])
