@@ -281,8 +281,7 @@ class ShiftGenerator:
             taps = (0, 1) if self._bilinear else (0,)
             self._row_runs = [_tap_runs(self._rows, tap) for tap in taps]
             self._col_runs = [_tap_runs(self._cols, tap) for tap in taps]
-            self._row_weights = _tap_weights(self._rows, bilinear=self._bilinear)
-            self._col_weights = _tap_weights(self._cols, bilinear=self._bilinear)
+            self._image_taps = _image_taps(self._rows, self._cols, bilinear=self._bilinear)
         self._memo: tuple[torch.Tensor, torch.Tensor] | None = None
         self._spectra_of: torch.Tensor | None = None
         self._spectrum: dict[tuple[_FourierKind, int], torch.Tensor] = {}
@@ -343,22 +342,16 @@ class ShiftGenerator:
         )
         scratch = torch.empty_like(out[0]) if self._bilinear else out[0]
         for m, (probe, shift) in enumerate(zip(probes, shifts, strict=True)):
-            first = True
-            for r_tap, r_weight in self._row_weights[shift]:
-                for c_tap, c_weight in self._col_weights[shift]:
-                    # The gather's product of the two axes' float32 weights.
-                    scale = float(r_weight * c_weight)
-                    target = out[m] if first else scratch
-                    self._copy_image(
-                        target,
-                        images[probe],
-                        self._row_runs[r_tap][shift],
-                        self._col_runs[c_tap][shift],
-                        scale=None if scale == 1.0 else scale,
-                    )
-                    if not first:
-                        out[m].add_(scratch)
-                    first = False
+            for i, (r_tap, c_tap, scale) in enumerate(self._image_taps[shift]):
+                self._copy_image(
+                    scratch if i else out[m],
+                    images[probe],
+                    self._row_runs[r_tap][shift],
+                    self._col_runs[c_tap][shift],
+                    scale=scale,
+                )
+                if i:
+                    out[m].add_(scratch)
         return out
 
     def _oriented(self, source: torch.Tensor) -> torch.Tensor:
@@ -592,15 +585,29 @@ def _fourier_kinds(shifts: np.ndarray) -> list[_FourierKind]:
     return [kinds[(bool(y), bool(x))] for y, x in whole]
 
 
-def _tap_weights(table: _AxisTable, *, bilinear: bool) -> list[list[tuple[int, np.float32]]]:
-    """Per shift, (tap, float32 weight) of one axis for each tap of non-zero weight: the floor
-    tap alone, weighted 1, for an integer plan, as in `ShiftGenerator._taps`; a shift weighs
-    every position alike (`_axis_table`)."""
-    w1 = table.weight1[:, 0].cpu().numpy()
-    if not bilinear:
-        return [[(0, np.float32(1.0))]] * len(w1)
-    w0 = np.float32(1.0) - w1  # the gather's float32 1 - w1
-    return [[(tap, w) for tap, w in ((0, w0[k]), (1, w1[k])) if w != 0] for k in range(len(w1))]
+def _image_taps(
+    rows: _AxisTable, cols: _AxisTable, *, bilinear: bool
+) -> list[list[tuple[int, int, float | None]]]:
+    """Per shift, (row tap, column tap, scale) for each tap of non-zero weight, in the gather's
+    order: the scale is the gather's float32 product of the two axes' weights, None where it is
+    1 (a plain copy). An integer plan has the floor taps alone, as in `ShiftGenerator._taps`;
+    a shift weighs every position alike (`_axis_table`)."""
+
+    def weights(table: _AxisTable) -> list[list[tuple[int, np.float32]]]:
+        w1 = table.weight1[:, 0].cpu().numpy()
+        if not bilinear:
+            return [[(0, np.float32(1.0))]] * len(w1)
+        w0 = np.float32(1.0) - w1  # the gather's float32 1 - w1
+        return [[(tap, w) for tap, w in ((0, w0[k]), (1, w1[k])) if w != 0] for k in range(len(w1))]
+
+    def scale(r_weight: np.float32, c_weight: np.float32) -> float | None:
+        product = float(r_weight * c_weight)
+        return None if product == 1.0 else product
+
+    return [
+        [(r, c, scale(r_w, c_w)) for r, r_w in row_taps for c, c_w in col_taps]
+        for row_taps, col_taps in zip(weights(rows), weights(cols), strict=True)
+    ]
 
 
 def _tap_runs(table: _AxisTable, tap: int) -> list[_Runs | torch.Tensor]:
